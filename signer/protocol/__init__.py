@@ -1,0 +1,1 @@
+"""Everything about bytes: the wire codec, the link state machines, the Twisted adapters."""
