@@ -1,0 +1,1 @@
+"""The web-host role: WebDB jobs, certificate files, CRL installation, member mails."""
