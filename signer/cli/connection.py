@@ -1,0 +1,284 @@
+"""Connection options shared by every subcommand that talks to a signer.
+
+:func:`add_connection_options` adds ``--serial-config FILE`` or ``--device
+PATH`` (with ``--baud/--bytesize/--parity/--stopbits/--xonxoff/--rtscts``),
+``--timeout`` and ``--max-frame-length``. :func:`run_link` opens the serial
+line with the project's link layer (:mod:`signer.protocol.transport`), runs an
+async *exchange* against a :class:`Session` under
+:func:`twisted.internet.task.react`, closes the line and returns what the
+exchange returned; :func:`request_once` is the one-request shortcut. Link
+failures become :class:`~signer.cli.errors.CommandError` with
+:data:`~signer.cli.errors.EXIT_LINK_FAILURE`.
+
+Twisted and the transport are imported only when a command runs, so that
+``--help`` and ``signer decode`` stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+
+from signer.cli.errors import EXIT_LINK_FAILURE, EXIT_LOCAL_ERROR, EXIT_USAGE, CommandError
+from signer.protocol import codec
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from signer.protocol.serialconfig import SerialConfig
+
+T = TypeVar("T")
+
+DEFAULT_BAUD = 115200
+PARITIES = ("N", "E", "O", "M", "S")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {value}")
+    return value
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add the serial-line options every signer-talking subcommand shares."""
+    line = parser.add_argument_group(
+        "connection",
+        "Where the signer is: a serial configuration file (the daemons' format, see "
+        "etc/serial.conf.example) or a device with explicit line settings.",
+    )
+    where = line.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--serial-config", metavar="FILE", help="serial configuration file to read"
+    )
+    where.add_argument(
+        "--device", metavar="PATH", help="serial device, e.g. /dev/ttyUSB0 or a pty"
+    )
+    line.add_argument(
+        "--baud",
+        type=_positive_int,
+        metavar="N",
+        help=f"baud rate with --device (default {DEFAULT_BAUD})",
+    )
+    line.add_argument(
+        "--bytesize", type=int, choices=(5, 6, 7, 8), help="data bits with --device (default 8)"
+    )
+    line.add_argument(
+        "--parity",
+        type=str.upper,
+        choices=PARITIES,
+        help="parity with --device: N, E, O, M or S (default N)",
+    )
+    line.add_argument(
+        "--stopbits",
+        type=float,
+        choices=(1, 1.5, 2),
+        help="stop bits with --device (default 1)",
+    )
+    line.add_argument(
+        "--xonxoff", action="store_true", default=None, help="software flow control (--device)"
+    )
+    line.add_argument(
+        "--rtscts", action="store_true", default=None, help="hardware flow control (--device)"
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="give up on a request after SECONDS in total (default: only the link "
+        "layer's own timeouts apply, up to about 150 s with the legacy values)",
+    )
+    limits.add_argument(
+        "--max-frame-length",
+        type=_positive_int,
+        default=codec.DEFAULT_MAX_FRAME_LENGTH,
+        metavar="BYTES",
+        help="largest answer frame accepted (outer length, default "
+        f"{codec.DEFAULT_MAX_FRAME_LENGTH})",
+    )
+
+
+_DEVICE_ONLY = ("baud", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
+
+
+def serial_config_from_args(args: argparse.Namespace) -> SerialConfig:
+    """The :class:`SerialConfig` the options describe.
+
+    Raises :class:`CommandError` for an unreadable or invalid file, or line
+    settings given together with ``--serial-config``.
+    """
+    from signer.protocol.serialconfig import SerialConfig, SerialConfigError, load_serial_config
+
+    if args.serial_config:
+        extra = [f"--{name}" for name in _DEVICE_ONLY if getattr(args, name) is not None]
+        if extra:
+            raise CommandError(
+                f"{', '.join(extra)} only apply with --device, not with --serial-config "
+                "(put the settings in the file)",
+                EXIT_USAGE,
+            )
+        try:
+            return load_serial_config(args.serial_config)
+        except SerialConfigError as exc:
+            raise CommandError(f"bad serial configuration {args.serial_config}: {exc}") from None
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read serial configuration {args.serial_config}: {exc.strerror or exc}"
+            ) from None
+    settings: dict[str, Any] = {
+        "device": args.device,
+        "baudrate": args.baud if args.baud is not None else DEFAULT_BAUD,
+    }
+    for name in ("bytesize", "parity", "stopbits", "xonxoff", "rtscts"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    try:
+        return SerialConfig(**settings)
+    except (SerialConfigError, ValueError, TypeError) as exc:
+        raise CommandError(f"bad line settings: {exc}", EXIT_USAGE) from None
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Everything needed to open the line and bound each request."""
+
+    config: SerialConfig
+    max_frame_length: int = codec.DEFAULT_MAX_FRAME_LENGTH
+    deadline: float | None = None
+
+
+def link_options(args: argparse.Namespace) -> LinkOptions:
+    """The :class:`LinkOptions` from parsed connection options."""
+    return LinkOptions(
+        config=serial_config_from_args(args),
+        max_frame_length=args.max_frame_length,
+        deadline=args.timeout,
+    )
+
+
+class Session:
+    """One open line to a signer: send requests, one at a time."""
+
+    def __init__(self, protocol: Any, clock: Any, deadline: float | None) -> None:
+        self._protocol = protocol
+        self._deadline = deadline
+        #: The reactor's clock (``IReactorTime``): for timestamps and timing.
+        self.clock = clock
+
+    def request(self, message: codec.Request) -> Deferred[codec.Response]:
+        """Send ``message``; fires with the typed response.
+
+        Fails with a ``LinkError`` from the link layer, or with
+        ``twisted.internet.defer.TimeoutError`` after ``--timeout`` seconds.
+        """
+        result: Deferred[codec.Response] = self._protocol.request(message)
+        if self._deadline is not None:
+            result.addTimeout(self._deadline, self.clock)
+        return result
+
+
+def describe_link_failure(exc: BaseException, options: LinkOptions) -> str:
+    """A one-line operator message for a failed exchange."""
+    device = options.config.device
+    from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeout
+
+    if isinstance(exc, (DeferredTimeout, CancelledError)):
+        return (
+            f"no answer from the signer on {device} within {options.deadline:g} s "
+            "(--timeout); is a signer running on the other end of the line?"
+        )
+    detail = str(exc) or "no detail"
+    return f"link failure on {device}: {type(exc).__name__}: {detail}"
+
+
+def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T]]) -> T:
+    """Open the line described by ``args``, run ``exchange``, close the line.
+
+    Runs the reactor (``task.react``); returns what ``exchange`` returned.
+    Raises :class:`CommandError`: :data:`EXIT_LINK_FAILURE` for timeouts and
+    link errors, :data:`EXIT_LOCAL_ERROR` when the device cannot be opened.
+    Any other exception of ``exchange`` propagates unchanged.
+    """
+    options = link_options(args)
+    from twisted.internet import defer, task
+
+    from signer.protocol.transport import ClientLinkProtocol, open_serial
+
+    link_errors: tuple[type[BaseException], ...] = _link_error_types()
+    outcome: list[tuple[bool, Any]] = []
+
+    async def main(reactor: Any) -> None:
+        protocol = ClientLinkProtocol(reactor, max_frame_length=options.max_frame_length)
+        try:
+            port = open_serial(protocol, options.config, reactor)
+        except Exception as exc:  # pyserial's SerialException, OSError, ValueError
+            outcome.append(
+                (False, CommandError(f"cannot open {options.config.device}: {exc}", EXIT_LOCAL_ERROR))
+            )
+            return
+        try:
+            value = await exchange(Session(protocol, reactor, options.deadline))
+        except link_errors + (defer.TimeoutError, defer.CancelledError) as exc:
+            outcome.append(
+                (False, CommandError(describe_link_failure(exc, options), EXIT_LINK_FAILURE))
+            )
+        except BaseException as exc:
+            outcome.append((False, exc))
+        else:
+            outcome.append((True, value))
+        finally:
+            port.loseConnection()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    except SystemExit:
+        pass
+    if not outcome:
+        raise CommandError("interrupted before the exchange finished", 130)
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _link_error_types() -> tuple[type[BaseException], ...]:
+    """The link layer's error classes (``LinkError`` and friends)."""
+    from signer.protocol import transport
+
+    found: list[type[BaseException]] = []
+    for module_name in ("signer.protocol.link", "signer.protocol.transport"):
+        try:
+            module = __import__(module_name, fromlist=["LinkError"])
+        except ImportError:
+            continue
+        error = getattr(module, "LinkError", None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    del transport
+    if not found:
+        raise CommandError("the link layer defines no LinkError", EXIT_LOCAL_ERROR)
+    return tuple(found)
+
+
+def request_once(args: argparse.Namespace, message: codec.Request) -> codec.Response:
+    """Send one request over the line described by ``args``; return the response."""
+
+    async def exchange(session: Session) -> codec.Response:
+        return await session.request(message)
+
+    return run_link(args, exchange)
