@@ -29,6 +29,9 @@ from signer.protocol import codec
 ACTION_NAMES = {codec.ACTION_NUL: "NUL", codec.ACTION_SIGN: "sign", codec.ACTION_REVOKE: "revoke"}
 SYSTEM_NAMES = {codec.SYSTEM_NONE: "none", codec.SYSTEM_X509: "X.509", codec.SYSTEM_OPENPGP: "OpenPGP"}
 DEFAULT_PREVIEW = 64
+#: The smallest outer length of a real message (four empty pack3 strings);
+#: shorter "frames" found by their trailer alone are taken for noise.
+MIN_OUTER_LENGTH = codec.FIELD_COUNT * codec.LENGTH_PREFIX
 _PRINTABLE = frozenset((string.printable).encode("ascii")) - frozenset(b"\x0b\x0c")
 _HEX_DIGITS = frozenset(string.hexdigits.encode("ascii"))
 _WHITESPACE = frozenset(string.whitespace.encode("ascii"))
@@ -169,11 +172,16 @@ def _message_verdict(strings: Sequence[bytes]) -> dict[str, Any]:
 
 
 def _exact_frame_end(data: bytes, offset: int, max_length: int) -> int | None:
-    """End of the frame at ``offset`` if its length prefix points at the magic."""
+    """End of the frame at ``offset`` if its length prefix points at the magic.
+
+    Only outer lengths of at least :data:`MIN_OUTER_LENGTH` count: the tail
+    of every frame (an empty last field, XOR, magic) would otherwise look
+    like a frame of its own.
+    """
     if len(data) - offset < codec.LENGTH_PREFIX + codec.TRAILER_LENGTH:
         return None
     outer = int.from_bytes(data[offset : offset + codec.LENGTH_PREFIX], "big")
-    if outer > max_length:
+    if not MIN_OUTER_LENGTH <= outer <= max_length:
         return None
     end = offset + codec.frame_size(outer)
     if end > len(data) or data[end - len(codec.MAGIC) : end] != codec.MAGIC:
