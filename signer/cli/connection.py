@@ -2,7 +2,8 @@
 
 :func:`add_connection_options` adds ``--serial-config FILE`` or ``--device
 PATH`` (with ``--baud/--bytesize/--parity/--stopbits/--xonxoff/--rtscts``),
-``--timeout`` and ``--max-frame-length``. :func:`run_link` opens the serial
+``--timeout`` (a deadline for each whole request), overrides of the link
+layer's own timeouts and ``--max-frame-length``. :func:`run_link` opens the serial
 line with the project's link layer (:mod:`signer.protocol.transport`), runs an
 async *exchange* against a :class:`Session` under
 :func:`twisted.internet.task.react`, closes the line and returns what the
@@ -26,6 +27,7 @@ from signer.protocol import codec
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from signer.protocol.link import LinkTimeouts
     from signer.protocol.serialconfig import SerialConfig
 
 T = TypeVar("T")
@@ -51,6 +53,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
     return value
 
 
@@ -104,6 +116,31 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "layer's own timeouts apply, up to about 150 s with the legacy values)",
     )
     limits.add_argument(
+        "--start-ack-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="wait this long for the ACK of our START (default 20, as the legacy client)",
+    )
+    limits.add_argument(
+        "--frame-ack-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="wait this long for the ACK/NAK of our frame (default 5)",
+    )
+    limits.add_argument(
+        "--response-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="wait this long for the signer's START once it has our request "
+        "(default 120: signing can be slow)",
+    )
+    limits.add_argument(
+        "--max-resends",
+        type=_non_negative_int,
+        metavar="N",
+        help="resend a frame at most N times after NAK (default 5)",
+    )
+    limits.add_argument(
         "--max-frame-length",
         type=_positive_int,
         default=codec.DEFAULT_MAX_FRAME_LENGTH,
@@ -112,6 +149,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         f"{codec.DEFAULT_MAX_FRAME_LENGTH})",
     )
 
+
+#: Option (dest) -> LinkTimeouts field.
+_TIMEOUT_OPTIONS = {
+    "start_ack_timeout": "start_ack",
+    "frame_ack_timeout": "frame_ack",
+    "response_timeout": "response_start",
+    "max_resends": "max_resends",
+}
 
 _DEVICE_ONLY = ("baud", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 
@@ -158,14 +203,31 @@ class LinkOptions:
     """Everything needed to open the line and bound each request."""
 
     config: SerialConfig
+    timeouts: LinkTimeouts
     max_frame_length: int = codec.DEFAULT_MAX_FRAME_LENGTH
     deadline: float | None = None
+
+
+def link_timeouts(args: argparse.Namespace) -> LinkTimeouts:
+    """The link layer's timeouts: its defaults with the options' overrides."""
+    from signer.protocol.link import LinkTimeouts
+
+    overrides = {
+        field: getattr(args, option)
+        for option, field in _TIMEOUT_OPTIONS.items()
+        if getattr(args, option, None) is not None
+    }
+    try:
+        return LinkTimeouts(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"bad link timeouts: {exc}", EXIT_USAGE) from None
 
 
 def link_options(args: argparse.Namespace) -> LinkOptions:
     """The :class:`LinkOptions` from parsed connection options."""
     return LinkOptions(
         config=serial_config_from_args(args),
+        timeouts=link_timeouts(args),
         max_frame_length=args.max_frame_length,
         deadline=args.timeout,
     )
@@ -217,13 +279,15 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
     options = link_options(args)
     from twisted.internet import defer, task
 
+    from signer.protocol.link import LinkError
     from signer.protocol.transport import ClientLinkProtocol, open_serial
 
-    link_errors: tuple[type[BaseException], ...] = _link_error_types()
     outcome: list[tuple[bool, Any]] = []
 
     async def main(reactor: Any) -> None:
-        protocol = ClientLinkProtocol(reactor, max_frame_length=options.max_frame_length)
+        protocol = ClientLinkProtocol(
+            reactor, timeouts=options.timeouts, max_frame_length=options.max_frame_length
+        )
         try:
             port = open_serial(protocol, options.config, reactor)
         except Exception as exc:  # pyserial's SerialException, OSError, ValueError
@@ -233,7 +297,7 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
             return
         try:
             value = await exchange(Session(protocol, reactor, options.deadline))
-        except link_errors + (defer.TimeoutError, defer.CancelledError) as exc:
+        except (LinkError, defer.TimeoutError, defer.CancelledError) as exc:
             outcome.append(
                 (False, CommandError(describe_link_failure(exc, options), EXIT_LINK_FAILURE))
             )
@@ -254,25 +318,6 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
     if not succeeded:
         raise value
     return value  # type: ignore[no-any-return]
-
-
-def _link_error_types() -> tuple[type[BaseException], ...]:
-    """The link layer's error classes (``LinkError`` and friends)."""
-    from signer.protocol import transport
-
-    found: list[type[BaseException]] = []
-    for module_name in ("signer.protocol.link", "signer.protocol.transport"):
-        try:
-            module = __import__(module_name, fromlist=["LinkError"])
-        except ImportError:
-            continue
-        error = getattr(module, "LinkError", None)
-        if isinstance(error, type) and issubclass(error, BaseException):
-            found.append(error)
-    del transport
-    if not found:
-        raise CommandError("the link layer defines no LinkError", EXIT_LOCAL_ERROR)
-    return tuple(found)
 
 
 def request_once(args: argparse.Namespace, message: codec.Request) -> codec.Response:
