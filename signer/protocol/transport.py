@@ -93,6 +93,7 @@ class _LinkAdapter(Protocol):
         self._clock = clock
         self._timer: Optional[IDelayedCall] = None
         self._connected = False
+        self._closed_waiters: list[Deferred[None]] = []
         self.last_success: Optional[float] = None
 
     @property
@@ -108,6 +109,26 @@ class _LinkAdapter(Protocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._after_connect()
+
+    def close(self) -> Deferred[None]:
+        """Close the port once everything written is flushed (e.g. the final
+        ACK of a round trip); the Deferred fires when the port is closed.
+
+        Stopping the reactor right after a response instead may lose that ACK
+        and leave the peer waiting for it.
+        """
+        d: Deferred[None] = Deferred()
+        if not self._connected or self.transport is None:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        self.transport.loseConnection()
+        return d
+
+    def _closed(self) -> None:
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         self._run(self._link.data_received(data))
@@ -275,6 +296,7 @@ class ClientLinkProtocol(_LinkAdapter):
             current.deferred.errback(error)
         while self._queue:
             self._queue.popleft().deferred.errback(LinkLost(str(error)))
+        self._closed()
 
 
 class ServerLinkProtocol(_LinkAdapter):
@@ -297,10 +319,20 @@ class ServerLinkProtocol(_LinkAdapter):
         self._handler = handler
         self._link = ResponderLink(timeouts, max_frame_length)
         self.requests_served = 0
+        self._served_waiters: list[tuple[int, Deferred[None]]] = []
 
     def is_idle(self) -> bool:
         """True when no request is being received, computed or answered."""
         return self._link.is_idle()
+
+    def when_served(self, count: int) -> Deferred[None]:
+        """A fresh Deferred firing once ``count`` answers in total were ACKed."""
+        d: Deferred[None] = Deferred()
+        if self.requests_served >= count:
+            d.callback(None)
+        else:
+            self._served_waiters.append((count, d))
+        return d
 
     def _upward(self, action: Action) -> Callable[[], None]:
         if isinstance(action, Deliver):
@@ -314,6 +346,12 @@ class ServerLinkProtocol(_LinkAdapter):
         self.requests_served += 1
         self.last_success = self._clock.seconds()
         self.log.debug("Answer to exchange {exchange} acknowledged", exchange=exchange)
+        ready = [d for count, d in self._served_waiters if count <= self.requests_served]
+        self._served_waiters = [
+            (count, d) for count, d in self._served_waiters if count > self.requests_served
+        ]
+        for d in ready:
+            d.callback(None)
 
     def _dispatch(self, exchange: int, strings: tuple[bytes, ...]) -> None:
         try:
@@ -371,6 +409,7 @@ class ServerLinkProtocol(_LinkAdapter):
         self._stop_timer()
         self._run(self._link.abort(LinkLost(f"serial link closed: {reason.getErrorMessage()}")))
         self._stop_timer()
+        self._closed()
 
 
 def open_serial(protocol: Protocol, config: SerialConfig, reactor: object) -> SerialPort:
