@@ -23,16 +23,19 @@ table overrides single keys of one profile.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
@@ -453,11 +456,40 @@ def _load_x509(top: _Table, cps_url: str) -> X509Policy:
                 "allow_weak_digests",
                 f"{name!r} is not a weak digest ({', '.join(sorted(WEAK_DIGESTS))})",
             )
+    for name in weak:
+        problem = _signing_problem(name)
+        if problem:
+            raise table.error("allow_weak_digests", problem)
     policies = table.boolean("certificate_policies", False)
     policy_oid = table.string("policy_oid", CACERT_POLICY_OID)
     _oid(table, "policy_oid", policy_oid)
     table.finish()
     return X509Policy(serials, min_bits, frozenset(weak), policies, policy_oid, cps_url)
+
+
+@functools.lru_cache(maxsize=None)
+def _signing_problem(name: str) -> str | None:
+    """Why the installed ``cryptography`` cannot sign with digest ``name``, or None."""
+    factories: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+        "md5": hashes.MD5, "sha1": hashes.SHA1, "sha256": hashes.SHA256,
+        "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+    }
+    factory = factories.get(name)
+    if factory is None:
+        return f"{name}: this cryptography library has no such signature digest"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name_ = x509.Name([])
+    moment = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    try:
+        (
+            x509.CertificateBuilder().subject_name(name_).issuer_name(name_)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(moment).not_valid_after(moment)
+            .sign(key, factory())
+        )
+    except (UnsupportedAlgorithm, ValueError) as error:
+        return f"{name}: this cryptography library refuses to sign with it ({error})"
+    return None
 
 
 def _load_root(table: _Table, index: int, weak: frozenset[str]) -> RootConfig:
