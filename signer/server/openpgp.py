@@ -671,6 +671,12 @@ class OpenPGPCertifier:
             raise RequestRefused("OpenPGP request carries secret key material")
         if len(keys) != 1:
             raise RequestRefused(f"OpenPGP request holds {len(keys)} keys, exactly one expected")
+        if keys[0].created > now:
+            # gpg would silently drop its self-signatures on import.
+            raise RequestRefused(
+                f"OpenPGP key {keys[0].fingerprint} was created in the future "
+                f"({_iso(keys[0].created)}); is the signing host's clock right?"
+            )
         gpg.run(["--import-options", "import-minimal", "--import"], stdin=data, check=False)
         listed = parse_listing(gpg.run(["--with-colons", "--list-keys"]).stdout)
         if len(listed) != 1:
@@ -684,11 +690,6 @@ class OpenPGPCertifier:
             raise RequestRefused(f"OpenPGP key {key.fingerprint} has expired")
         if key.validity in ("i", "d"):
             raise RequestRefused(f"OpenPGP key {key.fingerprint} is invalid or disabled")
-        if key.created > now:
-            raise RequestRefused(
-                f"OpenPGP key {key.fingerprint} was created in the future "
-                f"({_iso(key.created)}); is the signing host's clock right?"
-            )
         for uid in key.uids:
             if uid.attribute:
                 continue

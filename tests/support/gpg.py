@@ -12,6 +12,7 @@ same answers whatever the date they run on.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -70,7 +71,8 @@ class KeyMaker:
             raise RuntimeError(f"{cmd} failed: {completed.stderr.decode(errors='replace')}")
         return completed.stdout
 
-    def _unique_uid(self, label: str) -> str:
+    def unique_uid(self, label: str = "Test User") -> str:
+        """A user ID not used before in this home (gpg wants unique primary user IDs)."""
         self._counter += 1
         return f"{label} {self._counter} <{label.lower().replace(' ', '.')}{self._counter}@example.org>"
 
@@ -84,7 +86,7 @@ class KeyMaker:
         """A key with ``uids`` (default: one unique user ID), an encryption
         subkey unless ``subkey`` is False, expiring after ``expire`` (gpg
         syntax: ``2y``, ``10d``, ``never``), created at ``created``."""
-        names = list(uids) or [self._unique_uid("Test User")]
+        names = list(uids) or [self.unique_uid("Test User")]
         at = self.now - DAY if created is None else created
         self._run(
             ["--passphrase", "", "--quick-generate-key", names[0], "ed25519", "sign,cert", expire], at
@@ -95,6 +97,12 @@ class KeyMaker:
         if subkey:
             self._run(["--passphrase", "", "--quick-add-key", fingerprint, "cv25519", "encr", expire], at)
         return self.key(fingerprint, tuple(names))
+
+    def add_uid(self, key: UserKey, uid: str | bytes) -> UserKey:
+        """``key`` with one more user ID; bytes are passed raw (e.g. Latin-1)."""
+        name = os.fsdecode(uid) if isinstance(uid, bytes) else uid
+        self._run(["--quick-add-uid", key.fingerprint, name])
+        return self.key(key.fingerprint, (*key.uids, name))
 
     def _fingerprint_of(self, uid: str) -> str:
         listing = parse_listing(self._run(["--with-colons", "--list-keys", "--", f"={uid}"]))
@@ -121,11 +129,11 @@ class KeyMaker:
 
     def expired(self) -> UserKey:
         """A key made two years ago that expired after one."""
-        return self.make(self._unique_uid("Expired User"), expire="1y", created=self.now - 730 * DAY)
+        return self.make(self.unique_uid("Expired User"), expire="1y", created=self.now - 730 * DAY)
 
     def revoked(self) -> UserKey:
         """A key carrying its own revocation signature."""
-        key = self.make(self._unique_uid("Revoked User"))
+        key = self.make(self.unique_uid("Revoked User"))
         certificate = (self.home / "openpgp-revocs.d" / f"{key.fingerprint}.rev").read_bytes()
         # gpg stores it with a leading ':' so that it is not imported by mistake.
         certificate = certificate.replace(b":-----BEGIN PGP PUBLIC KEY BLOCK", b"-----BEGIN PGP PUBLIC KEY BLOCK")
@@ -134,8 +142,8 @@ class KeyMaker:
 
     def with_revoked_uid(self) -> tuple[UserKey, str, str]:
         """A key with two user IDs, the second revoked: (key, kept, revoked)."""
-        kept = self._unique_uid("Kept User")
-        dropped = self._unique_uid("Dropped User")
+        kept = self.unique_uid("Kept User")
+        dropped = self.unique_uid("Dropped User")
         key = self.make(kept, dropped)
         self._run(["--quick-revoke-uid", key.fingerprint, dropped])
         return self.key(key.fingerprint, key.uids), kept, dropped
