@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 import sys
 from dataclasses import dataclass
@@ -76,6 +77,37 @@ class Chunk:
 
     offset: int
     direction: str
+
+
+_SOCAT_HEADER = re.compile(rb"^([<>]) \d{4}/\d\d/\d\d \S+\s+length=\d+")
+
+
+def looks_like_socat_dump(raw: bytes) -> bool:
+    """True when ``raw`` starts like the output of ``socat -x`` (a ``>``/``<`` header)."""
+    first = raw.lstrip().split(b"\n", 1)[0]
+    return _SOCAT_HEADER.match(first) is not None
+
+
+def socat_capture(raw: bytes) -> tuple[bytes, list[Chunk]]:
+    """The bytes of a ``socat -x`` dump, with each chunk's direction (``>`` or ``<``).
+
+    Header lines (``> 2026/12/04 21:00:20.000855621  length=1 from=0 to=0``)
+    start a chunk; the hex lines after them are its bytes. Raises
+    :class:`CommandError` on a line that is neither.
+    """
+    data = bytearray()
+    chunks: list[Chunk] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        header = _SOCAT_HEADER.match(line)
+        if header is not None:
+            chunks.append(Chunk(len(data), header.group(1).decode("ascii")))
+            continue
+        if not line.strip():
+            continue
+        if not chunks or not looks_like_hex(line):
+            raise CommandError(f"line {number} of the socat dump is neither a header nor hex")
+        data += bytes.fromhex(line.decode("ascii"))
+    return bytes(data), chunks
 
 
 def vector_capture(document: Any) -> tuple[bytes, list[Chunk]]:
@@ -348,8 +380,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "decode",
         help="explain a raw serial capture (binary or hex) as JSON",
         description=(
-            "Read a raw capture of the serial line (binary, or hex text: "
-            "whitespace-separated hex digits) and print one JSON object per "
+            "Read a raw capture of the serial line (binary, hex text: "
+            "whitespace-separated hex digits, or the dump of a 'socat -x' relay) and print one JSON object per "
             "control byte (START/ACK/NAK), frame (header fields, field lengths and "
             "previews, XOR checksum and magic verdicts, error for damaged or "
             "truncated frames) and run of garbage bytes, then a summary object. "
@@ -372,9 +404,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument(
         "--format",
         dest="input_format",
-        choices=("auto", "binary", "hex"),
+        choices=("auto", "binary", "hex", "socat"),
         default="auto",
-        help="how to read FILE: auto-detect (default), raw binary or hex text",
+        help="how to read FILE: auto-detect (default), raw binary, hex text, or the "
+        "hex dump of 'socat -x' (items then carry the direction '>' or '<')",
     )
     parser.add_argument(
         "--preview",
@@ -426,7 +459,13 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.vector} is not JSON: {exc}") from None
         data, chunks = vector_capture(document)
     else:
-        data = capture_bytes(_read(args.file), args.input_format)
+        raw = _read(args.file)
+        if args.input_format == "socat" or (
+            args.input_format == "auto" and looks_like_socat_dump(raw)
+        ):
+            data, chunks = socat_capture(raw)
+        else:
+            data = capture_bytes(raw, args.input_format)
     indent = 2 if args.pretty else None
     out = sys.stdout
     for item in scan_capture(data, args.max_frame_length, args.preview, chunks):

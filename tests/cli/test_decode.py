@@ -140,6 +140,34 @@ def test_hex_text_input(vectors_dir: Path) -> None:
         decode.capture_bytes(b"zz", "hex")
 
 
+def socat_dump(vector: dict[str, Any]) -> bytes:
+    """The vector's chunks written the way `socat -x` logs a relay (> c2s, < s2c)."""
+    lines = []
+    for number, chunk in enumerate(vector["chunks"]):
+        mark = ">" if chunk["dir"] == "c2s" else "<"
+        piece = bytes.fromhex(chunk["hex"])
+        lines.append(
+            f"{mark} 2026/12/04 21:00:20.{number:09d}  length={len(piece)} from=0 to={len(piece) - 1}"
+        )
+        lines.append(" " + " ".join(f"{byte:02x}" for byte in piece))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_socat_dump_input(vectors_dir: Path) -> None:
+    """A `socat -x` relay dump is recognised and yields the conversation with > / < directions."""
+    dump = socat_dump(load_vector(vectors_dir, "07_nul"))
+    assert decode.looks_like_socat_dump(dump)
+    assert not decode.looks_like_socat_dump(b"02 10 00")
+    data, chunks = decode.socat_capture(dump)
+    items = items_of(data, chunks=chunks)
+    directions = {"c2s": ">", "s2c": "<"}
+    assert [shape(item) for item in items] == [
+        (kind, name, directions[way]) for kind, name, way in CONVERSATION
+    ]
+    with pytest.raises(CommandError):
+        decode.socat_capture(dump + b"not hex at all\n")
+
+
 def test_bad_checksum_is_reported() -> None:
     """A frame with a flipped payload byte is reported with sent vs computed XOR, not raised."""
     frame = bytearray(codec.encode_request(codec.NulRequest(b"120420182026.49")))
@@ -297,6 +325,17 @@ def test_cli_decodes_stdin_hex_and_vector(vectors_dir: Path) -> None:
             "control", "control", "frame", "control", "control", "control", "frame", "control", "summary"
         ]
     assert json.loads(from_vector.stdout.decode().splitlines()[0])["dir"] == "c2s"
+
+
+def test_cli_auto_detects_a_socat_dump(tmp_path: Path, vectors_dir: Path) -> None:
+    """`signer decode FILE` on a socat -x dump prints items with their direction."""
+    dump = tmp_path / "capture.txt"
+    dump.write_bytes(socat_dump(load_vector(vectors_dir, "07_nul")))
+    done = run_cli("decode", str(dump))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [line.get("dir") for line in lines[:3]] == [">", "<", ">"]
+    assert lines[2]["type"] == "frame" and lines[2]["ok"] is True
 
 
 def test_cli_binary_file_and_missing_file(tmp_path: Path) -> None:
