@@ -439,3 +439,32 @@ def test_revoke_empty_answer_exits_3(pair: PtyPair, tmp_path: Path) -> None:
                       "--crl", str(crl), "--apply")
     assert done.returncode == EXIT_EMPTY_ANSWER
     assert crl.read_bytes() == b"old"
+
+
+# -- applying CRL answers in-process (no line) -------------------------------
+
+
+def test_apply_without_xdelta_falls_back_to_der_and_explains(tmp_path: Path) -> None:
+    """With no xdelta program a DER answer is still taken; garbage names the missing program."""
+    from signer.cli import requests
+    from signer.cli.errors import CommandError
+
+    root = testca.make_root("Signer CLI CRL Root")
+    new_der = make_crl(root, 3)
+    missing = str(tmp_path / "no-xdelta")
+    update = requests.apply_crl_answer(new_der, b"", missing)
+    assert update == requests.CrlUpdate(new_der, "DER")
+    with pytest.raises(CommandError) as caught:
+        requests.apply_crl_answer(b"%XDZ004%garbage", b"", missing)
+    assert caught.value.exit_code == EXIT_APPLY_FAILED
+    assert "no-xdelta not found" in str(caught.value)
+
+
+def test_apply_damaged_pem_is_refused() -> None:
+    """A PEM marker with a broken body is an apply failure, not a traceback."""
+    from signer.cli import requests
+    from signer.cli.errors import CommandError
+
+    with pytest.raises(CommandError) as caught:
+        requests.apply_crl_answer(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", b"")
+    assert caught.value.exit_code == EXIT_APPLY_FAILED
