@@ -84,6 +84,7 @@ OPENPGP_ROOT = 0
 
 _CERTIFICATION_CLASSES = {"10x", "11x", "12x", "13x"}
 _ESCAPE = re.compile(rb"\\(x[0-9A-Fa-f]{2}|[nrfvb0])")
+_NOISE = re.compile(rb"keybox '.*' created|trustdb created|running with faked system time")
 _SIMPLE_ESCAPES = {b"n": b"\n", b"r": b"\r", b"f": b"\f", b"v": b"\v", b"b": b"\b", b"0": b"\0"}
 
 
@@ -109,9 +110,12 @@ class GpgResult:
         return lines
 
     def diagnostics(self, limit: int = 400) -> str:
-        """gpg's human messages (status lines left out), shortened for a log."""
+        """gpg's human messages, shortened for a log (status lines and the
+        chatter of a fresh home left out)."""
         text = b"\n".join(
-            line for line in self.stderr.splitlines() if not line.startswith(b"[GNUPG:] ")
+            line
+            for line in self.stderr.splitlines()
+            if not line.startswith(b"[GNUPG:] ") and not _NOISE.search(line)
         ).decode("utf-8", "replace")
         text = " | ".join(part.strip() for part in text.splitlines() if part.strip())
         return text if len(text) <= limit else text[:limit] + "..."
@@ -136,7 +140,9 @@ class Gpg:
         self.timeout = timeout
         self.faked_time = faked_time
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The child's whole environment: C locale, this home, nothing inherited
+        but PATH (no agent info, no display, no GNUPGHOME of the server)."""
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LC_ALL": "C",
@@ -176,18 +182,18 @@ class Gpg:
                 input=stdin,
                 capture_output=True,
                 timeout=self.timeout,
-                env=self._environment(),
+                env=self.environment(),
                 shell=False,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise GpgFailed(f"gpg {args[-1] if args else ''} did not finish within {self.timeout:g} s")
+            raise GpgFailed(f"gpg {_options(args)} did not finish within {self.timeout:g} s")
         except OSError as exc:
             raise GpgFailed(f"cannot run {self.binary}: {exc.strerror or exc}") from None
         result = GpgResult(completed.returncode, completed.stdout, completed.stderr)
         if check and result.returncode != 0:
             raise GpgFailed(
-                f"gpg {' '.join(a for a in args if a.startswith('--'))} failed "
+                f"gpg {_options(args)} failed "
                 f"(exit {result.returncode}): {result.diagnostics()}"
             )
         return result
@@ -201,11 +207,16 @@ class Gpg:
                     [gpgconf, "--homedir", str(self.home), *args],
                     capture_output=True,
                     timeout=self.timeout,
-                    env=self._environment(),
+                    env=self.environment(),
                     check=False,
                 )
             except (OSError, subprocess.SubprocessError):
                 pass
+
+
+def _options(args: Sequence[str]) -> str:
+    """The ``--options`` of a gpg call, for messages (no user data)."""
+    return " ".join(arg for arg in args if arg.startswith("--"))
 
 
 def _gpgconf_for(gpg_binary: str) -> str:

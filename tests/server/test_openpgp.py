@@ -24,6 +24,7 @@ from signer.server.openpgp import (
     create_ca_key,
     load_ca_key,
     parse_listing,
+    throwaway_home,
     uid_problem,
 )
 from tests.support.gpg import GPG_BINARY, DAY, KeyMaker, UserKey, check_sigs, list_packets, short_tempdir
@@ -169,7 +170,7 @@ def test_days_sets_the_certification_expiry(certifier: OpenPGPCertifier, keys: K
 
 
 def test_legacy_vector_key_is_certified(
-    make_certifier: Callable[..., OpenPGPCertifier], ca: Ca, vectors_dir: Path
+    make_certifier: Callable[..., OpenPGPCertifier], ca: Ca, vectors_dir: Path, work_dir: Path
 ) -> None:
     """The key the legacy client sent in the recorded exchange gets certified,
     and the answer is the same key (same fingerprint as in the legacy answer)."""
@@ -177,7 +178,8 @@ def test_legacy_vector_key_is_certified(
     sent = vector["request"]["fields"][0]["text"].encode()
     legacy_answer = vector["response"]["fields"][0]["text"].encode()
     header = vector["request"]["header"]
-    [shown] = parse_listing(Gpg(ca.home, binary=GPG_BINARY).run(["--with-colons", "--show-keys"], stdin=sent).stdout)
+    with throwaway_home(work_dir, GPG_BINARY) as gpg:
+        [shown] = parse_listing(gpg.run(["--with-colons", "--show-keys"], stdin=sent).stdout)
     # Freeze the clock an hour after the recorded key was made: the test does
     # not depend on the day it runs (the key expires in 2028).
     when = float(shown.created + 3600)

@@ -65,7 +65,7 @@ class KeyMaker:
         # A running (not frozen) faked clock: key generation wants time to move.
         cmd = gpg.command(["--faked-system-time", str(int(moment)), *args])
         completed = subprocess.run(
-            cmd, input=stdin, capture_output=True, timeout=60, env=gpg._environment(), check=False
+            cmd, input=stdin, capture_output=True, timeout=60, env=gpg.environment(), check=False
         )
         if completed.returncode != 0:
             raise RuntimeError(f"{cmd} failed: {completed.stderr.decode(errors='replace')}")
@@ -167,7 +167,7 @@ def list_packets(data: bytes) -> str:
             input=data,
             capture_output=True,
             timeout=60,
-            env=gpg._environment(),
+            env=gpg.environment(),
             check=False,
         )
         return completed.stdout.decode("utf-8", "replace")
