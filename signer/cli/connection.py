@@ -26,6 +26,9 @@ from signer.protocol import codec
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
+
+    from signer.protocol.transport import ClientLinkProtocol
 
     from signer.protocol.link import LinkTimeouts
     from signer.protocol.serialconfig import SerialConfig
@@ -106,6 +109,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     line.add_argument(
         "--rtscts", action="store_true", default=None, help="hardware flow control (--device)"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log link events on stderr (-v: warnings and info such as NAKs and "
+        "discarded garbage; -vv: also debug, e.g. each round trip)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -236,7 +247,9 @@ def link_options(args: argparse.Namespace) -> LinkOptions:
 class Session:
     """One open line to a signer: send requests, one at a time."""
 
-    def __init__(self, protocol: Any, clock: Any, deadline: float | None) -> None:
+    def __init__(
+        self, protocol: ClientLinkProtocol, clock: IReactorTime, deadline: float | None
+    ) -> None:
         self._protocol = protocol
         self._deadline = deadline
         #: The reactor's clock (``IReactorTime``): for timestamps and timing.
@@ -260,12 +273,37 @@ def describe_link_failure(exc: BaseException, options: LinkOptions) -> str:
     from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeout
 
     if isinstance(exc, (DeferredTimeout, CancelledError)):
+        if options.deadline is None:
+            return f"the request on {device} was cancelled"
         return (
             f"no answer from the signer on {device} within {options.deadline:g} s "
             "(--timeout); is a signer running on the other end of the line?"
         )
     detail = str(exc) or "no detail"
     return f"link failure on {device}: {type(exc).__name__}: {detail}"
+
+
+def start_logging(verbosity: int) -> None:
+    """Send Twisted log events at or above the level ``verbosity`` selects to stderr.
+
+    0: errors only (the command prints its own one-line message anyway),
+    1: info, 2 or more: debug.
+    """
+    import sys
+
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    level = {0: LogLevel.critical, 1: LogLevel.info}.get(verbosity, LogLevel.debug)
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T]]) -> T:
@@ -278,6 +316,8 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
     """
     options = link_options(args)
     from twisted.internet import defer, task
+
+    start_logging(getattr(args, "verbose", 0))
 
     from signer.protocol.link import LinkError
     from signer.protocol.transport import ClientLinkProtocol, open_serial

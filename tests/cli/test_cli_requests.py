@@ -175,6 +175,16 @@ def test_ping_link_timeout_is_reported(pair: PtyPair) -> None:
     err = done.stderr.decode()
     assert done.returncode == EXIT_LINK_FAILURE
     assert "LinkTimeout" in err and "START" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1  # without -v: only the one-line error
+
+
+def test_verbose_logs_link_events(pair: PtyPair) -> None:
+    """-v sends the link layer's log events (here its warning about the timeout) to stderr."""
+    done = signer("ping", "--device", pair.a, "--start-ack-timeout", "0.3", "-v")
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == EXIT_LINK_FAILURE
+    assert any("#warn]" in line and "START" in line for line in lines[:-1])
+    assert lines[-1].startswith("signer ping: error: link failure")
 
 
 def test_unopenable_device_is_a_local_error(tmp_path: Path) -> None:
