@@ -439,6 +439,28 @@ def test_ca_key_found_by_user_id_and_the_keyring_left_untouched(
     assert after == before
 
 
+def test_gnupg1_keyring_layout_works_and_stays_untouched(
+    make_certifier: Callable[..., OpenPGPCertifier], ca: Ca, keys: KeyMaker
+) -> None:
+    """The legacy signer's keyring (GnuPG 1.x pubring.gpg + secring.gpg, no
+    private-keys-v1.d) is migrated in the scratch copy only and certifies."""
+    base = short_tempdir("sgold")
+    legacy = base / "gpg_root_0"
+    legacy.mkdir(mode=0o700)
+    exporter = Gpg(base / "x", binary=GPG_BINARY)
+    try:
+        shutil.copytree(ca.home, exporter.home, ignore=shutil.ignore_patterns("S.*"))
+        (legacy / "pubring.gpg").write_bytes(exporter.run(["--export", ca.fingerprint]).stdout)
+        (legacy / "secring.gpg").write_bytes(exporter.run(["--export-secret-keys", ca.fingerprint]).stdout)
+        certifier = make_certifier(gnupg_home=legacy, key_id="gpg@example.org")
+        [listing] = check_sigs(certifier.certify(request(keys.make().armored)), ca.public_key)
+        assert all(len(sigs) == 1 for sigs in ca_certifications(listing, ca).values())
+        assert sorted(p.name for p in legacy.iterdir()) == ["pubring.gpg", "secring.gpg"]
+    finally:
+        exporter.kill_agent()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_unknown_ca_key_is_a_configuration_error(
     make_certifier: Callable[..., OpenPGPCertifier], keys: KeyMaker, work_dir: Path
 ) -> None:
