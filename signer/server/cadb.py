@@ -136,6 +136,15 @@ class RevokedEntry(NamedTuple):
 
 
 @dataclass(frozen=True)
+class MergeCounts:
+    """What :meth:`CADatabase.merge_records` did."""
+
+    inserted: int
+    revoked: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
 class StoredCrl:
     """A CRL from the history."""
 
@@ -446,6 +455,43 @@ class CADatabase:
         except sqlite3.IntegrityError as e:
             raise DuplicateSerial(f"a serial is already recorded: {e}") from e
         return count
+
+    def merge_records(self, records: Iterable[CertificateRecord]) -> MergeCounts:
+        """Adds ``records`` in one transaction (all or none), keeping what is known.
+
+        A serial not yet recorded is inserted. A recorded valid one that
+        ``records`` says is revoked becomes revoked (time and reason from the
+        record, DER filled in when missing). Anything else is left unchanged:
+        the database is never made to forget a revocation.
+        """
+        inserted = revoked = unchanged = 0
+        revocations: dict[int, int] = {}
+        with self._transaction() as db:
+            for record in records:
+                values = self._row_values(record)
+                key = values[1]
+                row = db.execute(
+                    "SELECT status FROM certificates WHERE root = ? AND serial = ?",
+                    (record.root, key),
+                ).fetchone()
+                if row is None:
+                    db.execute(self._INSERT, values)
+                    inserted += 1
+                elif row[0] == STATUS_VALID and record.status == STATUS_REVOKED:
+                    db.execute(
+                        "UPDATE certificates SET status = 'R', revoked_at = ?, reason = ?,"
+                        " der = coalesce(der, ?) WHERE root = ? AND serial = ?",
+                        (values[7], values[8], values[9], record.root, key),
+                    )
+                    revoked += 1
+                else:
+                    unchanged += 1
+                    continue
+                if record.status == STATUS_REVOKED:
+                    revocations[record.root] = revocations.get(record.root, 0) + 1
+            for root, count in revocations.items():
+                self._bump(db, root, "revocations", count)
+        return MergeCounts(inserted, revoked, unchanged)
 
     def is_issued(self, root: int, serial: int) -> bool:
         """Whether ``serial`` is recorded for ``root`` (revoked or not)."""

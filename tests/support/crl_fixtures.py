@@ -137,3 +137,77 @@ def revoked_records(
             status=STATUS_REVOKED,
             revoked_at=revoked_at,
         )
+
+
+OPENSSL_CA_CONFIG = """\
+[ ca ]
+default_ca = CA_default
+[ CA_default ]
+dir = {dir}
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+serial = $dir/serial
+crlnumber = $dir/crlnumber
+certificate = $dir/ca.pem
+private_key = $dir/ca.key
+default_md = sha256
+default_days = 365
+default_crl_days = 7
+policy = policy_any
+unique_subject = no
+copy_extensions = none
+[ policy_any ]
+commonName = supplied
+emailAddress = optional
+"""
+
+
+def run_openssl(*args: str, cwd: Path) -> None:
+    """Runs openssl with ``args`` in ``cwd``; fails loudly with its stderr."""
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr}")
+
+
+def make_openssl_ca(directory: Path, names: list[str]) -> Path:
+    """A real `openssl ca` database in ``directory`` that issued one certificate per name.
+
+    Serials start at 0x1000. Returns the config file path.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "newcerts").mkdir()
+    (directory / "index.txt").write_text("")
+    (directory / "serial").write_text("1000\n")
+    (directory / "crlnumber").write_text("05\n")
+    config = directory / "ca.cnf"
+    config.write_text(OPENSSL_CA_CONFIG.format(dir=directory))
+    key = rsa_key(2048, 11)
+    (directory / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    run_openssl(
+        "req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem",
+        "-subj", "/CN=OpenSSL Import Test CA", "-days", "3650", cwd=directory,
+    )
+    leaf_key = directory / "leaf.key"
+    leaf_key.write_bytes(
+        rsa_key(2048, 12).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for name in names:
+        run_openssl(
+            "req", "-new", "-key", "leaf.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}/emailAddress={name}@example.org", cwd=directory,
+        )
+        run_openssl(
+            "ca", "-batch", "-config", str(config), "-in", f"{name}.csr", "-out", f"{name}.pem",
+            cwd=directory,
+        )
+    return config
