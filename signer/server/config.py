@@ -340,7 +340,7 @@ class _Table:
         maximum: int | None = None,
     ) -> Any:
         value = self._get(name, int, "an integer", default)
-        if value is default:
+        if name not in self.data:
             return value
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be at least {minimum}, got {value}")
@@ -350,7 +350,7 @@ class _Table:
 
     def number(self, name: str, default: Any = _MISSING, positive: bool = True) -> Any:
         value = self._get(name, (int, float), "a number", default)
-        if value is default:
+        if name not in self.data:
             return value
         if positive and not value > 0:
             raise self.error(name, f"must be a positive number of seconds, got {value}")
@@ -358,13 +358,13 @@ class _Table:
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
         value = self.string(name, default)
-        if value is not default and value not in choices:
+        if name in self.data and value not in choices:
             raise self.error(name, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def strings(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, list, "a list of strings", default)
-        if value is default:
+        if name not in self.data:
             return value
         for item in value:
             if not isinstance(item, str):
@@ -377,7 +377,7 @@ class _Table:
         ``must_exist`` is ``"file"`` or ``"dir"`` to check it now.
         """
         value = self.string(name, default)
-        if value is default:
+        if name not in self.data:
             return value
         if not value:
             raise self.error(name, "empty path")
