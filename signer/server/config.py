@@ -601,7 +601,9 @@ def _load_crl(top: _Table) -> CRLConfig:
     grace_value = table._get("expired_grace_days", (int, str), 'an integer or "never"', 90)
     if isinstance(grace_value, str):
         if grace_value != "never":
-            raise table.error("expired_grace_days", f'expected an integer or "never", got {grace_value!r}')
+            raise table.error(
+                "expired_grace_days", f'expected an integer or "never", got {grace_value!r}'
+            )
         grace = None
     else:
         if grace_value < 0:
@@ -624,7 +626,8 @@ def _load_openpgp(top: _Table) -> OpenPGPConfig | None:
         bare = key_id[2:] if key_id.lower().startswith("0x") else key_id
         if len(bare) not in (8, 16, 40, 64) or not set(bare) <= _HEX:
             raise table.error(
-                "key_id", f"expected a key id or fingerprint in hex (8, 16 or 40 digits), got {key_id!r}"
+                "key_id",
+                f"expected a key id or fingerprint in hex (8, 16, 40 or 64 digits), got {key_id!r}",
             )
         key_id = bare.upper()
     passphrase_file, passphrase_env = _passphrase_source(table)
@@ -668,7 +671,9 @@ def _load_health(top: _Table) -> str | None:
         return None
     listen: str = table.string("listen", "off")
     if not listen:
-        raise table.error("listen", 'empty; use "off" or a Twisted endpoint like "tcp:8081:interface=127.0.0.1"')
+        raise table.error(
+            "listen", 'empty; use "off" or a Twisted endpoint like "tcp:8081:interface=127.0.0.1"'
+        )
     table.finish()
     return None if listen == "off" else listen
 
@@ -800,7 +805,9 @@ def _load_certificate(config_path: Path, key: str, file: Path) -> x509.Certifica
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as error:
-        raise ConfigError(config_path, key, f"{file} is not an X.509 certificate: {error}") from None
+        raise ConfigError(
+            config_path, key, f"{file} is not an X.509 certificate: {error}"
+        ) from None
 
 
 def _public_der(key: Any) -> bytes:
@@ -824,7 +831,8 @@ def check_root(
         is_ca = False
     if not is_ca:
         raise ConfigError(config_path, f"{prefix}.certificate",
-                          f"{root.certificate} is not a CA certificate (basicConstraints CA:TRUE missing)")
+                          f"{root.certificate} is not a CA certificate "
+                          "(basicConstraints CA:TRUE missing)")
     _check_private_mode(config_path, f"{prefix}.key", root.key)
     passphrase = read_passphrase(
         config_path, prefix, root.passphrase_file, root.passphrase_env, environ
@@ -845,7 +853,9 @@ def check_root(
         raise ConfigError(config_path, f"{prefix}.key", f"{root.key}: {error}") from None
     except ValueError as error:
         problem = "wrong passphrase or not a private key" if passphrase else "not a private key"
-        raise ConfigError(config_path, f"{prefix}.key", f"{root.key}: {problem} ({error})") from None
+        raise ConfigError(
+            config_path, f"{prefix}.key", f"{root.key}: {problem} ({error})"
+        ) from None
     if not hasattr(key, "public_key") or _public_der(key.public_key()) != _public_der(
         certificate.public_key()
     ):

@@ -140,7 +140,9 @@ def _utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RequestRefused(f"{what} is not valid UTF-8 ({error.reason} at {error.start})") from None
+        raise RequestRefused(
+            f"{what} is not valid UTF-8 ({error.reason} at {error.start})"
+        ) from None
 
 
 def clean_subject(raw: bytes) -> str:

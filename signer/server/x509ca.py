@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
-from signer.protocol.codec import DIGESTS, PROFILES, SignX509Request
+from signer.protocol.codec import DIGESTS, SignX509Request
 from signer.server.config import (
     WEAK_DIGESTS,
     LoadedRoot,
@@ -206,7 +206,9 @@ class X509Authority:
             raise RequestRefused(f"profile {number} ({profile.name}) is disabled")
         return profile
 
-    def _digest(self, number: int, root: LoadedRoot, profile: ProfileConfig) -> tuple[str, hashes.HashAlgorithm | None]:
+    def _digest(
+        self, number: int, root: LoadedRoot, profile: ProfileConfig
+    ) -> tuple[str, hashes.HashAlgorithm | None]:
         if number == 0:
             name = root.config.default_digest
         else:
@@ -250,7 +252,9 @@ class X509Authority:
         try:
             valid = csr.is_signature_valid
         except (ValueError, UnsupportedAlgorithm) as error:
-            raise RequestRefused(f"certificate request signature cannot be checked: {error}") from None
+            raise RequestRefused(
+                f"certificate request signature cannot be checked: {error}"
+            ) from None
         if not valid:
             raise RequestRefused("certificate request signature does not verify")
         try:
@@ -282,18 +286,21 @@ class X509Authority:
         else:
             raise RequestRefused(f"unsupported key type {type(key).__name__}")
 
-    def _subject(self, field: bytes, parsed: _Request) -> x509.Name:
-        text = clean_subject(field)
+    def _subject(self, text: str, parsed: _Request) -> x509.Name:
         if text:
             return parse_slash_dn(text)
         if parsed.subject is None:
-            raise RequestRefused(f"empty subject (neither the request line nor the {parsed.kind} has one)")
+            raise RequestRefused(
+                f"empty subject (neither the request line nor the {parsed.kind} has one)"
+            )
         check_name_values(parsed.subject, f"{parsed.kind} subject")
         return parsed.subject
 
-    def _san(self, field: bytes, subject: x509.Name, profile: ProfileConfig) -> list[x509.GeneralName]:
+    def _san(
+        self, text: str, subject: x509.Name, profile: ProfileConfig
+    ) -> list[x509.GeneralName]:
         emails = emails_of(subject)
-        names = parse_san(clean_san(field), emails)
+        names = parse_san(text, emails)
         if not names and profile.email_san_from_subject and emails:
             names = parse_san(",".join(f"email:{email}" for email in emails))
         return names
@@ -307,12 +314,12 @@ class X509Authority:
         digest_name, algorithm = self._digest(request.digest, root, profile)
         days, capped = self._days(request.days, profile)
         # Both text fields are checked before the costly request parsing.
-        clean_subject(request.subject)
-        clean_san(request.san)
+        subject_text = clean_subject(request.subject)
+        san_text = clean_san(request.san)
         parsed = self._parse_request(request.csr)
         self._check_key(parsed.public_key)
-        subject = self._subject(request.subject, parsed)
-        san = self._san(request.san, subject, profile)
+        subject = self._subject(subject_text, parsed)
+        san = self._san(san_text, subject, profile)
 
         not_before = self._now().astimezone(datetime.timezone.utc).replace(microsecond=0)
         not_after = not_before + datetime.timedelta(days=days)
@@ -321,7 +328,9 @@ class X509Authority:
             not_after = root_end
             capped = True
         if not_after <= not_before:
-            raise RequestRefused(f"root {root.index} certificate has expired ({root_end:%Y-%m-%d})")
+            raise RequestRefused(
+                f"root {root.index} certificate has expired ({root_end:%Y-%m-%d})"
+            )
 
         serial = self._serials(root.index)
         if not 0 < serial < 2**159:
@@ -381,7 +390,10 @@ class X509Authority:
             )
         if san:
             extensions.append((x509.SubjectAlternativeName(san), False))
-        extensions.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))  # type: ignore[arg-type]
+        subject_key_id = x509.SubjectKeyIdentifier.from_public_key(
+            public_key  # type: ignore[arg-type]
+        )
+        extensions.append((subject_key_id, False))
         extensions.append((self._authority_key_ids[root.index], False))
         if root.config.ocsp_url:
             extensions.append(
@@ -420,7 +432,11 @@ class X509Authority:
             extensions.append(
                 (
                     x509.CertificatePolicies(
-                        [x509.PolicyInformation(ObjectIdentifier(self.policy.policy_oid), qualifiers)]
+                        [
+                            x509.PolicyInformation(
+                                ObjectIdentifier(self.policy.policy_oid), qualifiers
+                            )
+                        ]
                     ),
                     False,
                 )
@@ -432,10 +448,8 @@ def _authority_key_identifier(certificate: x509.Certificate) -> x509.AuthorityKe
     try:
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(certificate.public_key())  # type: ignore[arg-type]
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            certificate.public_key()  # type: ignore[arg-type]
+        )
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
-
-def profile_name(number: int) -> str:
-    """The wire name of profile ``number`` (for logs)."""
-    return PROFILES.get(number, f"profile-{number}")
