@@ -346,7 +346,7 @@ def _receive(inputs: _Inputs, core: _Core, data: bytes) -> None:
     try:
         frame, excess = core.buffer.feed(data)
     except codec.OversizedFrame as exc:
-        inputs.drop(LinkReset(f"peer sent an oversized frame: {exc}"), b"")
+        inputs.drop(LinkReset(f"peer sent an oversized frame: {exc}"), data)
         return
     if frame is None:
         core.set_timer(core.timeouts.frame_byte)
@@ -408,7 +408,6 @@ def _register_common(
 
     @receiving.upon(_Inputs.frame_damaged).to(resyncing)
     def damaged(inputs: _Inputs, core: _Core, reason: str, excess: bytes) -> None:
-        core.notice("warn", "{role} link: damaged frame ({reason}), will NAK", reason=reason)
         if core.naks >= core.timeouts.max_resends:
             inputs.drop(
                 TooManyResends(
@@ -417,6 +416,7 @@ def _register_common(
                 excess,
             )
             return
+        core.notice("warn", "{role} link: damaged frame ({reason}); NAK when quiet", reason=reason)
         core.drained = len(excess)
         core.set_timer(core.timeouts.resync_quiet)
 
@@ -435,7 +435,8 @@ def _register_common(
     def resync_bytes(inputs: _Inputs, core: _Core, data: bytes) -> None:
         core.drained += len(data)
         if core.drained > core.max_frame_length:
-            inputs.drop(LinkReset("line kept babbling after a damaged frame"), b"")
+            core.stats.garbage_bytes += core.drained - len(data)
+            inputs.drop(LinkReset("line kept babbling after a damaged frame"), data)
             return
         core.set_timer(core.timeouts.resync_quiet)
 

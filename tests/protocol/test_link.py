@@ -434,7 +434,27 @@ def test_corrupted_length_prefix_to_oversized_resets() -> None:
     assert link.state == "flushing"
     link.timer_expired()
     assert link.is_idle()
+    assert link.stats.garbage_bytes == 53 + 200
     assert len(delivered(link.data_received(START_BYTE + NUL_FRAME))) == 1
+
+
+def test_babbling_line_after_damaged_frame_gives_up() -> None:
+    """A line that never goes quiet after a damaged frame: once more than the
+    maximum frame length was discarded the exchange fails (LinkReset) instead
+    of waiting forever for quiet."""
+    link = ResponderLink(max_frame_length=100)
+    link.data_received(START_BYTE)
+    link.data_received(NUL_FRAME[:-1] + b"!")
+    assert link.state == "resyncing"
+    actions: list[Action] = []
+    for _ in range(10):
+        actions += link.data_received(b"\x00" * 20)
+    (failed,) = failures(actions)
+    assert isinstance(failed.error, LinkReset) and "babbling" in str(failed.error)
+    assert written(actions) == b""
+    link.timer_expired()
+    assert link.is_idle()
+    assert link.stats.garbage_bytes == 200
 
 
 # -- garbage ---------------------------------------------------------------------

@@ -212,3 +212,37 @@ def test_scripted_responder_process(pair: PtyPair):  # type: ignore[no-untyped-d
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_scripted_responder_exit_after_and_payload_file(pair: PtyPair, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """--payload-file supplies the canned answer; --exit-after 1 makes the
+    responder exit 0 once its first answer was acknowledged."""
+    answer = tmp_path / "answer.pem"
+    answer.write_bytes(b"\x00\x02binary\x10\x11" * 500)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "tests.support.responder", "--device", pair.b,
+            "--payload-file", str(answer), "--exit-after", "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(b"READY")
+        client = ClientLinkProtocol(reactor)
+        open_serial(client, SerialConfig(pair.a), reactor)
+        request = codec.SignOpenPGPRequest(key=b"key")
+        response = yield client.request(request).addTimeout(GUARD, reactor)
+        assert response == codec.SignOpenPGPResponse(answer.read_bytes())
+        yield client.close()
+        yield wait_until(lambda: process.poll() is not None, timeout=10)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
