@@ -243,6 +243,9 @@ class _Inputs(Protocol):
 
 @dataclass
 class _Core:
+    """What the transitions share: settings, the frame buffer, counters, the
+    frame being sent, and the actions collected for the current input."""
+
     role: str
     timeouts: LinkTimeouts
     buffer: codec.FrameBuffer

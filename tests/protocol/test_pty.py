@@ -169,7 +169,7 @@ def test_recovery_from_client_giving_up(pair: PtyPair):  # type: ignore[no-untyp
         started = time.monotonic()
         response = yield ends.request(codec.SignX509Request(csr=b"csr"))
         assert response == codec.SignX509Response(b"ok")
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # not the 20 s START timeout
         assert ends.server.stats.resets == 1
     finally:
         yield ends.close()
