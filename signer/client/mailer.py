@@ -20,7 +20,7 @@ import gettext
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import default as DEFAULT_POLICY
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any, Callable
@@ -44,7 +44,11 @@ class BadAddress(ValueError):
 
 @dataclass(frozen=True)
 class Mail:
-    """A rendered mail: envelope recipient and the message bytes."""
+    """A rendered mail: envelope recipient and the message bytes.
+
+    ``message`` has LF line ends: Twisted's SMTP client turns them into CRLF
+    (and dot-stuffs) on the wire.
+    """
 
     recipient: str
     subject: str
@@ -135,7 +139,7 @@ class MailRenderer:
         translation = self.translation(language)
         subject_text = translation.gettext(subject)
         body_text = translation.gettext(body).format(**facts)
-        message = EmailMessage(policy=SMTP)
+        message = EmailMessage(policy=DEFAULT_POLICY)
         message["From"] = formataddr((self.config.sender_name, self.config.sender))
         message["To"] = recipient
         message["Subject"] = subject_text
