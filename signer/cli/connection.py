@@ -329,7 +329,7 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
             reactor, timeouts=options.timeouts, max_frame_length=options.max_frame_length
         )
         try:
-            port = open_serial(protocol, options.config, reactor)
+            open_serial(protocol, options.config, reactor)
         except Exception as exc:  # pyserial's SerialException, OSError, ValueError
             outcome.append(
                 (False, CommandError(f"cannot open {options.config.device}: {exc}", EXIT_LOCAL_ERROR))
@@ -346,7 +346,10 @@ def run_link(args: argparse.Namespace, exchange: Callable[[Session], Awaitable[T
         else:
             outcome.append((True, value))
         finally:
-            port.loseConnection()
+            # close() waits until everything written (the final ACK) has left;
+            # loseConnection() right before the reactor stops could drop it and
+            # leave the signer waiting for that ACK.
+            await protocol.close()
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(main(reactor)))

@@ -25,6 +25,8 @@ HELP_MENTIONS = {
     "sign-openpgp": ["--key", "--days", "--out", *CONNECTION_OPTIONS],
     "revoke": ["--root", "--crl", "--cert", "--out", "--apply", "--ca-cert", *CONNECTION_OPTIONS],
     "decode": ["FILE", "--vector", "--format", "--preview", "hex"],
+    "init-test-signer": ["DIR", "--serial-config", "--key-size", "--no-openpgp"],
+    "import-openssl-ca": ["--config", "--root", "--index", "--serial", "--crlnumber", "--certs"],
 }
 
 
@@ -32,7 +34,15 @@ def test_every_subcommand_is_registered() -> None:
     """The discovered subcommands are exactly the documented ones, in help order."""
     parser = cli.build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert list(action.choices) == ["ping", "sign-x509", "sign-openpgp", "revoke", "decode"]
+    assert list(action.choices) == [
+        "ping",
+        "sign-x509",
+        "sign-openpgp",
+        "revoke",
+        "decode",
+        "import-openssl-ca",
+        "init-test-signer",
+    ]
 
 
 @pytest.mark.parametrize("command", sorted(HELP_MENTIONS))
