@@ -409,7 +409,8 @@ class Jobs:
         yield self.run_blocking(self.journal.begin, "gpg", row.id)
         try:
             response = yield self._send(request, report)
-        except BaseException:
+        except Exception:
+            # the link failed: no answer came, nothing was signed for us
             self.journal.end()
             raise
         if not response.payload:
@@ -522,7 +523,8 @@ class Jobs:
         yield self.run_blocking(self.journal.begin, table, row.id)
         try:
             response = yield self._send(request, report)
-        except BaseException:
+        except Exception:
+            # the link failed: no answer came, nothing was signed for us
             self.journal.end()
             raise
         if not response.payload:

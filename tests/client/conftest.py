@@ -177,3 +177,31 @@ def mail_world(tmp_path: Path, testdb: TestWebDB, smtp_sink: SMTPSink) -> Iterat
 def with_config(world: World, **changes: Any) -> None:
     """Replace top-level fields of the world's configuration."""
     world.config = replace(world.config, **changes)
+
+
+@dataclass(frozen=True)
+class OpenPGPCA:
+    """A throw-away OpenPGP CA (real gpg) and a maker of user keys."""
+
+    certifier: Any
+    fingerprint: str
+    keys: Any
+
+
+@pytest.fixture(scope="module")
+def openpgp_ca() -> Iterator[OpenPGPCA]:
+    import shutil
+
+    from signer.server.openpgp import Gpg, OpenPGPCertifier, create_ca_key
+    from tests.support.gpg import KeyMaker, short_tempdir
+
+    home = short_tempdir("sgca")
+    users = short_tempdir("sgus")
+    fingerprint = create_ca_key(home / "ca")
+    certifier = OpenPGPCertifier(home / "ca", fingerprint, "http://www.cacert.org/cps.php", work_dir=home)
+    maker = KeyMaker(users / "home")
+    yield OpenPGPCA(certifier, fingerprint, maker)
+    maker.close()
+    Gpg(home / "ca").kill_agent()
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(users, ignore_errors=True)
