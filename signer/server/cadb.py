@@ -35,6 +35,9 @@ from typing import Iterable, Iterator, NamedTuple
 from cryptography import x509
 
 SCHEMA_VERSION = 1
+#: SQLite page size of new databases: CRLs of tens of MB are stored and pruned
+#: several times faster in 64 KiB pages than in the default 4 KiB ones.
+PAGE_SIZE = 65536
 #: Serial numbers must be positive and fit in 20 octets (RFC 5280, 4.1.2.2).
 MAX_SERIAL = 2**160 - 1
 STATUS_VALID = "V"
@@ -302,10 +305,15 @@ class CADatabase:
             raise CADatabaseError(f"{self.path}: cannot open the CA database: {e}") from e
         try:
             with self._lock:
+                # Big pages for big CRL blobs (only takes effect on a new file).
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise CADatabaseError(f"{self.path}: cannot switch to WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous=FULL")
+                # Nothing in here is secret (no keys); zeroing every freed page of a
+                # pruned 30 MB CRL costs more than writing the new one.
+                self._db.execute("PRAGMA secure_delete=OFF")
                 self._db.execute("PRAGMA busy_timeout=30000")
                 self._db.executescript(_SCHEMA)
                 self._check_schema_version()
@@ -330,6 +338,19 @@ class CADatabase:
                 raise CADatabaseError(
                     f"{self.path}: schema version {row[0]}, this program knows {SCHEMA_VERSION}"
                 )
+
+    def checkpoint(self) -> None:
+        """Copies the write-ahead log into the database file (PASSIVE, own connection).
+
+        SQLite does this by itself once the log passes 1000 pages; calling it
+        after a big CRL is stored keeps that work off the next request's path.
+        Writers are not blocked meanwhile.
+        """
+        connection = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            connection.close()
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db, self._lock)
@@ -665,8 +686,15 @@ class CADatabase:
         der: bytes,
         this_update: datetime.datetime,
         created_at: datetime.datetime | None = None,
+        keep: int | None = None,
     ) -> None:
-        """Remembers a CRL under its SHA-1 (lowercase hex)."""
+        """Remembers a CRL under its SHA-1 (lowercase hex).
+
+        With ``keep``, the history of ``root`` is pruned to the newest ``keep``
+        CRLs in the same transaction.
+        """
+        if keep is not None and keep < 1:
+            raise CADatabaseError("at least one CRL must be kept")
         sha1 = sha1.lower()
         if len(sha1) != 40 or any(c not in "0123456789abcdef" for c in sha1):
             raise CADatabaseError(f"not a SHA-1 in hex: {sha1!r}")
@@ -684,6 +712,8 @@ class CADatabase:
                         epoch(created_at or this_update),
                     ),
                 )
+                if keep is not None:
+                    self._prune(db, root, keep)
         except sqlite3.IntegrityError as e:
             raise CADatabaseError(f"CRL number {crl_number} of root {root} is already stored") from e
 
@@ -721,12 +751,16 @@ class CADatabase:
         if keep < 1:
             raise CADatabaseError("at least one CRL must be kept")
         with self._transaction() as db:
-            cursor = db.execute(
-                "DELETE FROM crls WHERE root = ? AND crl_number NOT IN"
-                " (SELECT crl_number FROM crls WHERE root = ? ORDER BY crl_number DESC LIMIT ?)",
-                (root, root, keep),
-            )
-            return cursor.rowcount
+            return self._prune(db, root, keep)
+
+    @staticmethod
+    def _prune(db: sqlite3.Connection, root: int, keep: int) -> int:
+        cursor = db.execute(
+            "DELETE FROM crls WHERE root = ? AND crl_number NOT IN"
+            " (SELECT crl_number FROM crls WHERE root = ? ORDER BY crl_number DESC LIMIT ?)",
+            (root, root, keep),
+        )
+        return cursor.rowcount
 
 
 class _Transaction:

@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from signer.protocol import codec
 from signer.server.cadb import CADatabase
@@ -44,6 +45,7 @@ from signer.server.crl import (
     ProducedCrl,
     RootCrl,
     der_to_pem,
+    pem_length,
     signer_for,
 )
 from signer.server.errors import RequestRefused
@@ -53,6 +55,8 @@ from signer.server.xdelta import DEFAULT_EXECUTABLE, XdeltaError, make_delta
 BlockingRunner = Callable[..., "Deferred[Any]"]
 
 DEFAULT_HISTORY = 16
+#: Largest answer by default: what our client accepts in one frame, less headroom.
+DEFAULT_MAX_ANSWER = codec.DEFAULT_MAX_FRAME_LENGTH - 1024
 _SHA1_HEX = re.compile(rb"[0-9a-fA-F]{40}")
 #: Hard ceiling on a certificate in field 1 (a certificate is a few kB).
 MAX_CERTIFICATE_BYTES = 64 * 1024
@@ -117,6 +121,9 @@ class RevocationService:
     :param history: how many CRLs per root to keep for deltas.
     :param run_blocking: runs the database/CRL work (default: the reactor's
         thread pool).
+    :param max_answer: the largest field 1 to send. A full CRL above it goes
+        out in DER instead of PEM, or not at all (refused) when even the DER
+        is larger: a frame cannot carry it (the receivers' frame limit).
     """
 
     log = Logger()
@@ -133,6 +140,7 @@ class RevocationService:
         history: int = DEFAULT_HISTORY,
         run_blocking: BlockingRunner | None = None,
         xdelta_executable: str = DEFAULT_EXECUTABLE,
+        max_answer: int = DEFAULT_MAX_ANSWER,
     ) -> None:
         if history < 1:
             raise ValueError("at least one CRL must be kept in the history")
@@ -142,9 +150,11 @@ class RevocationService:
             lambda: datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
         )
         self._history = history
+        self._max_answer = max_answer
         self._xdelta = xdelta_executable
         self._run_blocking = run_blocking or self._in_thread
         self._crls: dict[int, RootCrl] = {}
+        self._latest: dict[int, ProducedCrl] = {}
         for index, material in roots.items():
             signer: CrlSigner = signer_for(material)
             self._crls[index] = RootCrl(db, index, signer, lifetime=lifetime, grace=grace)
@@ -182,14 +192,18 @@ class RevocationService:
         with self._thread_lock:
             crl = self._crls[root]
             now = self._now().replace(microsecond=0)
-            base = crl.db.crl_by_sha1(root, client_sha1)
+            latest = self._latest.get(root)
+            if latest is not None and latest.sha1 == client_sha1:
+                base: bytes | None = latest.der  # the usual case: no 30 MB read
+            else:
+                base = crl.db.crl_by_sha1(root, client_sha1)
             serial: int | None = None
             already = False
             if certificate is not None:
                 serial = certificate.serial_number
                 already = crl.revoke(serial, now, certificate=certificate)
-            produced = crl.produce(now)
-            self._db.prune_crl_history(root, self._history)
+            produced = crl.produce(now, keep=self._history)
+            self._latest[root] = produced
             return RevocationOutcome(root, serial, already, produced, base)
 
     # -- the request ---------------------------------------------------------
@@ -215,37 +229,49 @@ class RevocationService:
             check_issued_by(certificate, crl.signer.certificate, request.root)
         return request.root, certificate, client_sha1
 
+    def _checkpoint_later(self) -> None:
+        """Folds the database log (which now holds a whole CRL) in, off the answer's path."""
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("CA database checkpoint failed", failure)
+
+        self._run_blocking(self._db.checkpoint).addErrback(failed)
+
     @inlineCallbacks
     def _serve(
         self, root: int, certificate: x509.Certificate | None, client_sha1: str
     ) -> Any:
+        started = self._reactor.seconds()
         outcome: RevocationOutcome = yield self._run_blocking(
             self.revoke_and_produce, root, certificate, client_sha1
         )
         new = outcome.crl
-        if outcome.serial is not None:
-            self.log.info(
-                "Root {root}: serial {serial} {what}; CRL {number} with {entries} entries",
-                root=root,
-                serial=f"{outcome.serial:x}",
-                what="was already revoked" if outcome.already_revoked else "revoked",
-                number=new.crl_number,
-                entries=new.entries,
-            )
-        else:
-            self.log.info(
-                "Root {root}: CRL {number} with {entries} entries",
-                root=root,
-                number=new.crl_number,
-                entries=new.entries,
-            )
+        produced = self._reactor.seconds()
+        self._checkpoint_later()
+        self.log.info(
+            "Root {root}: {what}CRL {number} with {entries} entries, {size} bytes, in {ms:.0f} ms",
+            root=root,
+            what=(
+                ""
+                if outcome.serial is None
+                else f"serial {outcome.serial:x} "
+                + ("was already revoked; " if outcome.already_revoked else "revoked; ")
+            ),
+            number=new.crl_number,
+            entries=new.entries,
+            size=len(new.der),
+            ms=(produced - started) * 1000,
+        )
         if outcome.base_crl is None:
             self.log.info(
-                "Root {root}: client CRL {sha1} unknown; answering the full CRL in PEM",
+                "Root {root}: the client's CRL {sha1} is unknown; answering the full CRL",
                 root=root,
                 sha1=client_sha1,
             )
-            return new.pem()
+            if pem_length(len(new.der)) <= self._max_answer:
+                pem: bytes = yield self._run_blocking(new.pem)
+                return pem
+            return self._full_der(new)
         try:
             patch = yield make_delta(
                 self._reactor,
@@ -260,10 +286,25 @@ class RevocationService:
                 root=root,
                 error=str(e),
             )
-            return new.der
+            return self._full_der(new)
+        self.log.info(
+            "Root {root}: delta of {size} bytes from the client's CRL in {ms:.0f} ms",
+            root=root,
+            size=len(patch),
+            ms=(self._reactor.seconds() - produced) * 1000,
+        )
         if len(new.der) <= len(patch):
             return new.der
         return patch
+
+    def _full_der(self, new: ProducedCrl) -> bytes:
+        """The CRL in DER when it fits in one answer; RequestRefused otherwise."""
+        if len(new.der) <= self._max_answer:
+            return new.der
+        raise RequestRefused(
+            f"CRL {new.crl_number} of root {new.root} has {len(new.der)} bytes, more than one"
+            f" answer may carry ({self._max_answer}); the client needs it by other means"
+        )
 
 
 def answer_kind(payload: bytes) -> str:

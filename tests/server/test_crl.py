@@ -325,3 +325,44 @@ def test_cache_follows_changes_made_elsewhere(db: CADatabase, tmp_path: Path) ->
         other.insert_record(CertificateRecord(root=0, serial=31337, subject="CN=y", not_after=NOW + DAY))
         other.mark_revoked(0, 31337, NOW)
     assert [e.serial_number for e in produce_and_parse(crl, NOW)] == [31337]
+
+
+def test_ed25519_root() -> None:
+    """An Ed25519 root signs CRLs that cryptography and openssl verify."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Ed25519 Test Root")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + 3650 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, None)
+    )
+    revoked = RevokedList()
+    revoked.add(4242, epoch(NOW), epoch(NOW + DAY))
+    der = CrlSigner(certificate, key).sign(revoked.encoded(), 3, epoch(NOW), epoch(NOW + DAY))
+    assert x509.load_der_x509_crl(der).is_signature_valid(key.public_key())
+    result = openssl_verify_crl(der, certificate)
+    assert result.returncode == 0 and "verify OK" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 47, 48, 49, 96, 1000, 100_003])
+def test_pem_armour(size: int) -> None:
+    """der_to_pem writes RFC 7468 PEM (64-character lines) of exactly pem_length bytes."""
+    import base64
+    import os
+
+    from signer.server.crl import der_to_pem, pem_length
+
+    der = os.urandom(size)
+    text = base64.b64encode(der)
+    lines = [text[i : i + 64] + b"\n" for i in range(0, len(text), 64)]
+    expected = b"-----BEGIN X509 CRL-----\n" + b"".join(lines) + b"-----END X509 CRL-----\n"
+    assert der_to_pem(der) == expected
+    assert len(expected) == pem_length(size)

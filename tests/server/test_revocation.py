@@ -264,3 +264,31 @@ async def test_uppercase_hash_accepted(service: RevocationService) -> None:
     answer = await service.handle(request(sha1(current).upper()))
     assert answer_kind(answer) != "pem"
     assert crl_number(parse(legacy_client_apply(answer, current))) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_crl_too_big_for_pem_goes_as_der_or_is_refused(db: CADatabase) -> None:
+    """A full CRL larger than one answer may carry goes out in DER, or is refused if even that is too big."""
+    from twisted.internet import reactor
+
+    db.insert_records(
+        revoked_records(0, 200, revoked_at=START, not_after=START + datetime.timedelta(days=300))
+    )
+    roots = {0: (make_root().certificate, make_root().key)}
+    probe = RevocationService(db, roots, reactor, now=Now())
+    size = len(legacy_client_apply(await probe.handle(request(EMPTY_SHA1)), b""))
+    # Room for the DER (about 6 kB) but not for the PEM (a third larger).
+    squeezed = RevocationService(db, roots, reactor, now=Now(), max_answer=size + 500)
+    answer = await squeezed.handle(request(EMPTY_SHA1))
+    assert answer_kind(answer) == "der"
+    assert len(parse(answer)) == 200
+    tiny = RevocationService(db, roots, reactor, now=Now(), max_answer=size // 2)
+    with pytest.raises(RequestRefused, match="more than one answer may carry"):
+        await tiny.handle(request(EMPTY_SHA1))
+    # A client in sync still gets its (small) delta from the tiny service.
+    current = db.latest_crl(0)
+    assert current is not None
+    answer = await tiny.handle(request(current.sha1.encode()))
+    assert answer_kind(answer) == "xdelta"
+    latest = db.latest_crl(0)
+    assert latest is not None and legacy_client_apply(answer, current.der) == latest.der
