@@ -599,6 +599,12 @@ class RootCrl:
 
         With ``keep``, the stored history is pruned to that many CRLs.
         """
+        produced = self.make(now)
+        self.store(produced, now, keep)
+        return produced
+
+    def make(self, now: datetime.datetime) -> ProducedCrl:
+        """Makes a fresh CRL (its number is allocated, the CRL not yet stored)."""
         self.ensure_current(now)
         this_update = epoch(now)
         next_update = this_update + int(self.lifetime.total_seconds())
@@ -608,16 +614,29 @@ class RootCrl:
         number = self.db.next_crl_number(self.root)
         with self.entries.encoded() as entries:
             der = self.signer.sign(entries, number, this_update, next_update)
-        sha1 = hashlib.sha1(der).hexdigest()
-        self.db.store_crl(self.root, number, sha1, der, from_epoch(this_update), now, keep=keep)
         return ProducedCrl(
             root=self.root,
             crl_number=number,
             der=der,
-            sha1=sha1,
+            sha1=hashlib.sha1(der).hexdigest(),
             this_update=from_epoch(this_update),
             next_update=from_epoch(next_update),
             entries=len(self.entries),
+        )
+
+    def store(self, produced: ProducedCrl, now: datetime.datetime, keep: int | None = None) -> None:
+        """Keeps ``produced`` in the history (pruned to ``keep`` CRLs when given).
+
+        Safe to run in another thread while the next CRL is not being made.
+        """
+        self.db.store_crl(
+            self.root,
+            produced.crl_number,
+            produced.sha1,
+            produced.der,
+            produced.this_update,
+            now,
+            keep=keep,
         )
 
 

@@ -184,10 +184,19 @@ class RevocationService:
     def revoke_and_produce(
         self, root: int, certificate: x509.Certificate | None, client_sha1: str
     ) -> RevocationOutcome:
+        """:meth:`revoke_and_make`, then :meth:`store` (blocking; for tools and tests)."""
+        outcome = self.revoke_and_make(root, certificate, client_sha1)
+        self.store(outcome.crl)
+        return outcome
+
+    def revoke_and_make(
+        self, root: int, certificate: x509.Certificate | None, client_sha1: str
+    ) -> RevocationOutcome:
         """Revokes ``certificate`` (if any), makes the next CRL, finds the client's CRL.
 
-        Blocking; call it from a thread. The checks of :meth:`handle` must
-        have passed.
+        The revocation is committed; the new CRL is not stored yet (see
+        :meth:`store`). Blocking; call it from a thread. The checks of
+        :meth:`handle` must have passed.
         """
         with self._thread_lock:
             crl = self._crls[root]
@@ -202,9 +211,16 @@ class RevocationService:
             if certificate is not None:
                 serial = certificate.serial_number
                 already = crl.revoke(serial, now, certificate=certificate)
-            produced = crl.produce(now, keep=self._history)
-            self._latest[root] = produced
+            produced = crl.make(now)
             return RevocationOutcome(root, serial, already, produced, base)
+
+    def store(self, produced: ProducedCrl) -> None:
+        """Keeps ``produced`` in the history (pruned); it becomes the latest CRL.
+
+        Blocking. Runs next to the xdelta of the same request.
+        """
+        self._crls[produced.root].store(produced, self._now(), keep=self._history)
+        self._latest[produced.root] = produced
 
     # -- the request ---------------------------------------------------------
 
@@ -243,11 +259,13 @@ class RevocationService:
     ) -> Any:
         started = self._reactor.seconds()
         outcome: RevocationOutcome = yield self._run_blocking(
-            self.revoke_and_produce, root, certificate, client_sha1
+            self.revoke_and_make, root, certificate, client_sha1
         )
         new = outcome.crl
         produced = self._reactor.seconds()
-        self._checkpoint_later()
+        # Storing the CRL (tens of MB for a big CA) and making the delta overlap.
+        stored: Deferred[None] = self._run_blocking(self.store, new)
+        stored.addCallback(lambda _: self._checkpoint_later())
         self.log.info(
             "Root {root}: {what}CRL {number} with {entries} entries, {size} bytes, in {ms:.0f} ms",
             root=root,
@@ -268,18 +286,25 @@ class RevocationService:
                 root=root,
                 sha1=client_sha1,
             )
+            yield stored
             if pem_length(len(new.der)) <= self._max_answer:
                 pem: bytes = yield self._run_blocking(new.pem)
                 return pem
             return self._full_der(new)
+        delta = make_delta(
+            self._reactor,
+            outcome.base_crl,
+            new.der,
+            executable=self._xdelta,
+            run_blocking=self._run_blocking,
+        )
         try:
-            patch = yield make_delta(
-                self._reactor,
-                outcome.base_crl,
-                new.der,
-                executable=self._xdelta,
-                run_blocking=self._run_blocking,
-            )
+            yield stored  # the answer leaves only once its CRL is in the history
+        except BaseException:
+            delta.addErrback(lambda _: None)  # its outcome no longer matters
+            raise
+        try:
+            patch = yield delta
         except XdeltaError as e:
             self.log.error(
                 "Root {root}: no delta ({error}); answering the full CRL in DER",

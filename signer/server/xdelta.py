@@ -79,6 +79,10 @@ def _default_runner(reactor: Any) -> BlockingRunner:
 def _run_xdelta(
     reactor: Any, executable: str, args: list[str], cwd: str, timeout: float
 ) -> "Deferred[tuple[int | None, bytes]]":
+    resolved = shutil.which(executable)
+    if resolved is None:
+        raise XdeltaError(f"no executable xdelta at {executable!r}")
+    executable = resolved
     protocol = _Collector()
     try:
         transport = reactor.spawnProcess(

@@ -129,7 +129,7 @@ async def test_missing_tool(private_tmp: Path) -> None:
     """A missing xdelta binary is an XdeltaError, not a crash, and leaves no files."""
     from twisted.internet import reactor
 
-    with pytest.raises(XdeltaError):
+    with pytest.raises(XdeltaError, match="no executable xdelta"):
         await make_delta(reactor, b"a", b"b", executable=str(private_tmp / "no-such-xdelta"))
     assert list(private_tmp.iterdir()) == []
 
