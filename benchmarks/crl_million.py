@@ -57,7 +57,6 @@ from twisted.internet import defer, task  # noqa: E402
 
 from signer.protocol import codec  # noqa: E402
 from signer.server.cadb import STATUS_REVOKED, CADatabase, CertificateRecord  # noqa: E402
-from signer.server.crl import CrlSigner, RootCrl  # noqa: E402
 from signer.server.errors import RequestRefused  # noqa: E402
 from signer.server.revocation import RevocationService, answer_kind  # noqa: E402
 

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from signer.protocol import codec
-from signer.server.cadb import CADatabase
+from signer.server.cadb import MAX_SERIAL, CADatabase
 from signer.server.crl import (
     DEFAULT_GRACE,
     DEFAULT_LIFETIME,
@@ -95,7 +95,16 @@ def check_crl_hash(crl_sha1: bytes) -> str:
 
 
 def check_issued_by(certificate: x509.Certificate, ca: x509.Certificate, root: int) -> None:
-    """RequestRefused unless ``ca`` (its name and key) issued ``certificate``."""
+    """RequestRefused unless ``ca`` (its name and key) issued ``certificate``.
+
+    The CA certificate itself (self-signed, so "issued" by its own key) is
+    refused too: a root is not revoked on its own CRL.
+    """
+    if certificate == ca:
+        raise RequestRefused(f"the certificate is root {root}'s own CA certificate")
+    serial = certificate.serial_number
+    if not 0 < serial <= MAX_SERIAL:
+        raise RequestRefused(f"serial {serial:#x} is not a positive number of at most 160 bits")
     try:
         certificate.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as e:
@@ -168,6 +177,10 @@ class RevocationService:
     def roots(self) -> tuple[int, ...]:
         """The root indexes this service serves."""
         return tuple(sorted(self._crls))
+
+    def warm_up(self) -> "Deferred[None]":
+        """Loads every root's revoked entries in a thread (call at start: seconds for a big CA)."""
+        return self._run_blocking(self.load)
 
     # -- blocking part -----------------------------------------------------
 

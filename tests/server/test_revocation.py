@@ -292,3 +292,40 @@ async def test_full_crl_too_big_for_pem_goes_as_der_or_is_refused(db: CADatabase
     assert answer_kind(answer) == "xdelta"
     latest = db.latest_crl(0)
     assert latest is not None and legacy_client_apply(answer, current.der) == latest.der
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_certificate_itself_refused(service: RevocationService, db: CADatabase) -> None:
+    """The root's own (self-signed) certificate cannot be revoked on its own CRL."""
+    with pytest.raises(RequestRefused, match="own CA certificate"):
+        await service.handle(request(EMPTY_SHA1, make_root().certificate_pem()))
+    assert db.crl_numbers(0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_warm_up_loads_existing_revocations(db: CADatabase) -> None:
+    """warm_up loads the revocations already in the database; the first CRL lists them."""
+    from twisted.internet import reactor
+
+    db.insert_records(
+        revoked_records(0, 50, revoked_at=START, not_after=START + datetime.timedelta(days=300))
+    )
+    service = RevocationService(db, {0: (make_root().certificate, make_root().key)}, reactor, now=Now())
+    await service.warm_up()
+    answer = await service.handle(request(EMPTY_SHA1))
+    assert len(x509.load_pem_x509_crl(answer)) == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_are_served_in_turn(service: RevocationService, db: CADatabase) -> None:
+    """Requests arriving together are served one after the other, each with its own CRL number."""
+    from twisted.internet.defer import gatherResults
+
+    certificates = [issue(make_root(), serial=9000 + i) for i in range(4)]
+    answers = await gatherResults(
+        [service.handle(request(EMPTY_SHA1, pem(certificate))) for certificate in certificates]
+    )
+    numbers = [crl_number(x509.load_pem_x509_crl(answer)) for answer in answers]
+    assert numbers == [1, 2, 3, 4]
+    final = x509.load_pem_x509_crl(answers[-1])
+    assert [entry.serial_number for entry in final] == [9000, 9001, 9002, 9003]
