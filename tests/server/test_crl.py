@@ -366,3 +366,36 @@ def test_pem_armour(size: int) -> None:
     expected = b"-----BEGIN X509 CRL-----\n" + b"".join(lines) + b"-----END X509 CRL-----\n"
     assert der_to_pem(der) == expected
     assert len(expected) == pem_length(size)
+
+
+def test_incremental_revocation_does_not_reload(db: CADatabase) -> None:
+    """After the first load, a revocation through RootCrl updates the cache without a reload."""
+    root = make_root()
+    db.insert_records(revoked_records(0, 100, revoked_at=NOW, not_after=NOW + 100 * DAY))
+    crl = RootCrl(db, 0, CrlSigner(root.certificate, root.key))
+    assert crl.ensure_current(NOW) is True
+    cached = crl.entries
+    db.insert_record(CertificateRecord(root=0, serial=5, subject="CN=x", not_after=NOW + DAY))
+    crl.revoke(5, NOW)
+    assert crl.ensure_current(NOW) is False
+    assert crl.entries is cached and len(cached) == 101
+
+
+def test_hundred_thousand_entries(db: CADatabase) -> None:
+    """A CRL of 100,000 entries: both verifiers accept it, and a further revocation is incremental."""
+    root = make_root()
+    db.insert_records(
+        revoked_records(0, 100_000, revoked_at=NOW - DAY, not_after=NOW + 100 * DAY, step=1)
+    )
+    crl = RootCrl(db, 0, CrlSigner(root.certificate, root.key))
+    first = crl.produce(NOW)
+    db.insert_record(CertificateRecord(root=0, serial=3, subject="CN=x", not_after=NOW + DAY))
+    crl.revoke(3, NOW)
+    second = crl.produce(NOW + datetime.timedelta(minutes=1))
+    parsed = x509.load_der_x509_crl(second.der)
+    assert parsed.is_signature_valid(root.certificate.public_key())
+    assert len(parsed) == 100_001
+    assert parsed[0].serial_number == 3
+    assert len(second.der) - len(first.der) == len(encode_entry(3, epoch(NOW)))
+    result = openssl_verify_crl(second.der, root.certificate)
+    assert result.returncode == 0 and "verify OK" in result.stderr, result.stderr
