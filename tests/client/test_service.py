@@ -154,8 +154,9 @@ def test_service_over_a_real_pty_pair(world: World, backend: str) -> None:
             yield service.stopService()
             server_port.loseConnection()
     assert world.crt_path("server", 1).exists()
-    kinds = [type(r).__name__ for r in world.signer.requests]
-    assert kinds[:3] == ["SignX509Request", "RevokeRequest", "RevokeRequest"]  # sign, CRL refresh x2
-    assert "RevokeRequest" in kinds[3:]
+    assert isinstance(world.signer.requests[0], codec.SignX509Request)
+    revocations = [r for r in world.signer.of_kind(codec.RevokeRequest) if r.certificate]
+    assert [r.root for r in revocations] == [1]  # rootcert 2
+    assert revocations[0].certificate == world.crt_path("server", 1).read_bytes()
     parts = service.parts  # type: ignore[attr-defined]
     assert parts.protocol.last_success is not None
