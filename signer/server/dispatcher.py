@@ -36,6 +36,15 @@ class ServedCounters:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
+def bytes_on_wire(request: codec.Request, payload_length: int) -> int:
+    """Bytes of the request frame plus the answer frame carrying ``payload_length``
+    bytes (START/ACK/NAK bytes and resent frames not counted)."""
+    inner = codec.LENGTH_PREFIX * codec.FIELD_COUNT
+    asked = codec.REQUEST_HEADER_LENGTH + sum(len(f) for f in request.fields())
+    answer = codec.RESPONSE_HEADER_LENGTH + payload_length
+    return codec.frame_size(inner + asked) + codec.frame_size(inner + answer)
+
+
 @dataclass(frozen=True)
 class Operations:
     """What the server can do, one callable per request kind.
@@ -78,11 +87,13 @@ class Dispatcher:
             outcome = "served" if payload or isinstance(request, codec.NulRequest) else "empty"
             self._count(request, outcome)
             self.log.info(
-                "{kind} request {outcome}: {size} bytes answered in {ms:.1f} ms",
+                "{kind} request {outcome}: {size} bytes answered in {ms:.1f} ms"
+                " ({bytes_on_wire} bytes on the wire)",
                 kind=request.kind,
                 outcome=outcome,
                 size=len(payload),
                 ms=(self._clock.seconds() - started) * 1000,
+                bytes_on_wire=bytes_on_wire(request, len(payload)),
             )
             return codec.make_response(request, payload)
 
@@ -92,8 +103,10 @@ class Dispatcher:
                 self.log.warn(
                     "{kind} request refused: {reason} ({ms:.1f} ms)",
                     kind=request.kind,
+                    outcome="refused",
                     reason=failure.value.reason,
                     ms=(self._clock.seconds() - started) * 1000,
+                    bytes_on_wire=bytes_on_wire(request, 0),
                 )
             else:
                 self._count(request, "failed")

@@ -232,5 +232,10 @@ def make_server_service(
     top = MultiService()
     line = SerialLineService(parts.protocol, serial, reactor)
     line.setServiceParent(top)
+    if parts.config.health_listen:
+        from signer.health import HealthService
+        from signer.server.health import ServerHealth
+
+        HealthService(parts.config.health_listen, ServerHealth.from_parts(parts), reactor).setServiceParent(top)
     top.parts = parts  # type: ignore[attr-defined]
     return top
