@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -303,6 +303,9 @@ class Jobs:
             self.log.warn("Polling round {number} ended early: {error}", number=report.number, error=str(error))
         except _Stopping:
             report.aborted = "stopping"
+        except CancelledError:
+            report.aborted = "abandoned while stopping"
+            self.log.warn("Polling round {number} abandoned: the service is stopping", number=report.number)
         except Exception as error:
             report.aborted = f"{type(error).__name__}: {error}"
             self.log.failure("Polling round {number} failed", number=report.number)
@@ -409,9 +412,11 @@ class Jobs:
         yield self.run_blocking(self.journal.begin, "gpg", row.id)
         try:
             response = yield self._send(request, report)
-        except Exception:
-            # the link failed: no answer came, nothing was signed for us
-            self.journal.end()
+        except Exception as error:
+            # The link failed: no answer came. A cancelled conversation (a stop
+            # that could not wait) keeps its journal entry: it may have been signed.
+            if not isinstance(error, CancelledError):
+                self.journal.end()
             raise
         if not response.payload:
             self.journal.end()
@@ -523,9 +528,11 @@ class Jobs:
         yield self.run_blocking(self.journal.begin, table, row.id)
         try:
             response = yield self._send(request, report)
-        except Exception:
-            # the link failed: no answer came, nothing was signed for us
-            self.journal.end()
+        except Exception as error:
+            # The link failed: no answer came. A cancelled conversation (a stop
+            # that could not wait) keeps its journal entry: it may have been signed.
+            if not isinstance(error, CancelledError):
+                self.journal.end()
             raise
         if not response.payload:
             self.journal.end()

@@ -117,6 +117,25 @@ def test_stop_abandons_a_hanging_conversation_after_the_grace(world: World) -> N
     world.clock.advance(0.2)
     yield stopped
     assert held.cancelled == 1
+    assert jobs.last_round is not None and jobs.last_round.aborted == "abandoned while stopping"
+
+
+@pytest_twisted.inlineCallbacks
+def test_abandoned_signing_counts_a_warning_at_the_next_start(world: World) -> None:
+    """A signing request abandoned on stop keeps its journal entry: the next start counts a warning."""
+    held = HeldRequester()
+    world.db.add_cert("emailcerts", 1, 10, "/CN=Ann")
+    world.write_csr("client", 1, make_csr("Ann", index=4))
+    service = PollingService(world.jobs(requester=held), 2.7, world.clock, stop_grace=1.0)
+    service.startService()
+    yield wait_until(lambda: len(held.requests) == 1)
+    stopped = service.stopService()
+    world.clock.advance(1.5)
+    yield stopped
+    assert (world.tmp / "state" / "in-flight").read_text() == "emailcerts 1\n"
+    report = yield world.jobs().run_round()
+    assert world.db.row("emailcerts", 1)["warning"] == 1
+    assert report.signed == [("emailcerts", 1)]
 
 
 @implementer(IRequestHandler)

@@ -1,0 +1,97 @@
+"""`twistd signer-client`: options, makeService, health page, startup errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IServiceCollection
+from twisted.internet import reactor
+from twisted.python import usage
+
+from signer import _tap_client
+from signer.client.service import HealthService, PollingService, SerialLinkService, WebDBService, make_client_service
+from tests.client.conftest import World
+
+BIN = Path(sys.executable).parent
+
+
+def write_config(tmp_path: Path, serial: str | None) -> Path:
+    (tmp_path / "webdb.sqlite").touch()
+    text = '[database]\ndriver = "sqlite"\nsqlite_path = "webdb.sqlite"\n'
+    if serial:
+        text += f'[link]\nserial_config = "{serial}"\n'
+    text += '[files]\ncsr_dir = "csr"\ncrt_dir = "crt"\n'
+    path = tmp_path / "client.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_is_required_and_must_exist(tmp_path: Path) -> None:
+    """postOptions refuses a missing --config and files that do not exist."""
+    with pytest.raises(usage.UsageError, match="--config FILE is required"):
+        _tap_client.Options().parseOptions([])
+    with pytest.raises(usage.UsageError, match="not a readable file"):
+        _tap_client.Options().parseOptions(["--config", str(tmp_path / "nope.toml")])
+
+
+def test_config_errors_become_usage_errors(tmp_path: Path) -> None:
+    """A bad configuration stops startup with the file and key named."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[database]\ndriver = "oracle"\n[files]\ncsr_dir="a"\ncrt_dir="b"\n')
+    options = _tap_client.Options()
+    options.parseOptions(["--config", str(path)])
+    with pytest.raises(usage.UsageError, match="database.driver"):
+        _tap_client.makeService(options)
+    options = _tap_client.Options()
+    options.parseOptions(["--config", str(write_config(tmp_path, None))])
+    with pytest.raises(usage.UsageError, match="serial_config"):
+        _tap_client.makeService(options)
+
+
+def test_make_service_wires_the_services(tmp_path: Path) -> None:
+    """makeService returns the MultiService: WebDB, serial line, polling (in stop order reversed)."""
+    serial = tmp_path / "serial.conf"
+    serial.write_text('[serial]\ndevice = "/dev/ttyS99"\nbaudrate = 9600\n')
+    options = _tap_client.Options()
+    options.parseOptions(["--config", str(write_config(tmp_path, str(serial)))])
+    service = _tap_client.makeService(options)
+    assert IServiceCollection.providedBy(service)
+    kinds = [type(child) for child in service]  # type: ignore[attr-defined]
+    assert kinds == [WebDBService, SerialLinkService, PollingService]
+    service.parts.webdb.close()  # type: ignore[attr-defined]
+
+
+def test_twistd_lists_the_plugin() -> None:
+    """`twistd signer-client --help` works through the plugin line."""
+    result = subprocess.run([str(BIN / "twistd"), "signer-client", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--serial-config" in result.stdout
+
+
+@pytest_twisted.inlineCallbacks
+def test_health_page(world: World) -> None:
+    """The health page answers JSON with rounds, link state and pending rows per table."""
+    from twisted.web.client import Agent, readBody
+
+    world.db.add_cert("emailcerts", 1, 10, "/CN=pending")
+    config = dataclasses.replace(world.config, health_address="tcp:0:interface=127.0.0.1")
+    service = make_client_service(config, None, reactor, requester=world.signer)
+    service.startService()
+    try:
+        health = [child for child in service if isinstance(child, HealthService)][0]  # type: ignore[attr-defined]
+        from tests.client.test_service import wait_until
+
+        yield wait_until(lambda: health._listening is not None)
+        port = health._listening.getHost().port
+        response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/".encode())
+        body = json.loads((yield readBody(response)))
+    finally:
+        yield service.stopService()
+    assert body["pending"]["emailcerts"] in (0, 1)
+    assert set(body) >= {"link_state", "rounds", "seconds_since_last_round_trip", "crl_age_seconds", "pending"}
