@@ -329,3 +329,26 @@ async def test_concurrent_requests_are_served_in_turn(service: RevocationService
     assert numbers == [1, 2, 3, 4]
     final = x509.load_pem_x509_crl(answers[-1])
     assert [entry.serial_number for entry in final] == [9000, 9001, 9002, 9003]
+
+
+@pytest_twisted.ensureDeferred
+async def test_revocation_is_logged(service: RevocationService, db: CADatabase) -> None:
+    """A revocation logs the root, the serial, the CRL number and, for a known hash, the delta."""
+    from twisted.internet.testing import EventLoggingObserver
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    try:
+        db.insert_records(
+            revoked_records(0, 3000, revoked_at=START, not_after=START + datetime.timedelta(days=300))
+        )
+        current = legacy_client_apply(await service.handle(request(EMPTY_SHA1)), b"")
+        certificate = issue(make_root(), serial=0xABCDEF)
+        await service.handle(request(sha1(current), pem(certificate)))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    texts = [formatEvent(event) for event in observer]
+    assert any("serial abcdef revoked; CRL 2 with 3001 entries" in text for text in texts), texts
+    assert any("Root 0: delta of" in text for text in texts), texts
+    assert any("client's CRL da39a3ee" in text and "unknown" in text for text in texts), texts
