@@ -111,8 +111,8 @@ class WakeupTrigger:
             return
         self.wakes += 1
         self.last_wake_at = self.clock.seconds()
-        if self._busy or self._dirty:
-            self.coalesced += 1
+        if kind in self._dirty:
+            self.coalesced += 1  # already due: costs nothing
         self.log.debug("Wake-up: {kind} {id}", kind=kind, id=row_id)
         self._dirty.add(kind)
         self._kick()
@@ -161,35 +161,48 @@ class WakeupTrigger:
         if not self._busy:
             self._drain()
 
+    def _has_work(self) -> bool:
+        return bool(self._round_waiters) or (bool(self._dirty) and not self.jobs.stopping)
+
     @inlineCallbacks
     def _drain(self) -> Any:
+        """Run rounds and dirty kinds until none is left (``_run`` never fails)."""
         self._busy = True
-        try:
-            while True:
-                if self._round_waiters:
-                    waiters, self._round_waiters = self._round_waiters, []
-                    # the round reads every pending row now: wakes so far are covered
-                    self._dirty -= ROUND_KINDS
-                    report = yield self._run(self.jobs.run_round())
-                    for waiter in waiters:
-                        if not waiter.called:
-                            waiter.callback(report)
-                elif self._dirty and not self.jobs.stopping:
-                    kinds = tuple(kind for kind in KINDS if kind in self._dirty)
-                    self._dirty.clear()
-                    if not getattr(self.jobs, "_recovered_journal", True):
-                        # the first round recovers the in-flight journal first
-                        yield self._run(self.jobs.run_round())
-                    else:
-                        yield self._run(self.run_kinds(kinds))
+        while self._has_work():
+            waiters: list[Deferred[Any]] = []
+            report: Any = None
+            if self._round_waiters:
+                waiters, self._round_waiters = self._round_waiters, []
+                # the round reads every pending row now: wakes so far are covered
+                self._dirty -= ROUND_KINDS
+                report = yield self._run(self.jobs.run_round())
+            else:
+                kinds = tuple(kind for kind in KINDS if kind in self._dirty)
+                self._dirty.clear()
+                if not getattr(self.jobs, "_recovered_journal", True):
+                    # the first round recovers the in-flight journal first
+                    yield self._run(self.jobs.run_round())
                 else:
-                    self._dirty.clear()
-                    break
-        finally:
-            self._busy = False
-            waiters, self._idle_waiters = self._idle_waiters, []
+                    yield self._run(self.run_kinds(kinds))
+            if not self._has_work():
+                # idle before the callbacks run, so that they may wake/poll again
+                self._busy = False
+                self._dirty.clear()
+                idle, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    if not waiter.called:
+                        waiter.callback(report)
+                for d in idle:
+                    d.callback(None)
+                return
             for waiter in waiters:
-                waiter.callback(None)
+                if not waiter.called:
+                    waiter.callback(report)
+        self._busy = False
+        self._dirty.clear()
+        idle, self._idle_waiters = self._idle_waiters, []
+        for d in idle:
+            d.callback(None)
 
     @inlineCallbacks
     def _run(self, d: Deferred[Any]) -> Any:
