@@ -303,6 +303,14 @@ class Jobs:
             self.log.warn("Polling round {number} ended early: {error}", number=report.number, error=str(error))
         except _Stopping:
             report.aborted = "stopping"
+        except _DATABASE_ERRORS as error:
+            report.aborted = f"database: {error}"
+            self.log.error("Polling round {number} ended early, WebDB error: {error}",
+                           number=report.number, error=str(error) or type(error).__name__)
+        except OSError as error:
+            report.aborted = f"files: {error}"
+            self.log.error("Polling round {number} ended early, file error: {error}",
+                           number=report.number, error=str(error))
         except CancelledError:
             report.aborted = "abandoned while stopping"
             self.log.warn("Polling round {number} abandoned: the service is stopping", number=report.number)
@@ -732,6 +740,18 @@ class Jobs:
         if not self._mails:
             return succeed(None)
         return DeferredList(list(self._mails), consumeErrors=True).addCallback(lambda _: None)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    import pymysql
+    from twisted.enterprise.adbapi import ConnectionLost
+
+    return (ConnectionLost, sqlite3.Error, pymysql.err.Error)
+
+
+_DATABASE_ERRORS = _database_errors()
 
 
 class _Stopping(Exception):
