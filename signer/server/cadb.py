@@ -268,6 +268,19 @@ class RevokedEntries:
         finally:
             self.close()
 
+    def raw_batches(self) -> Iterator[list[tuple[str, int, int, str | None]]]:
+        """The rows as stored, in batches: (serial as 40 hex digits, revoked_at,
+        not_after, reason). For bulk loaders that want no object per row;
+        use either this or iteration, not both."""
+        try:
+            while True:
+                batch = self._cursor.fetchmany(self._BATCH)
+                if not batch:
+                    return
+                yield batch
+        finally:
+            self.close()
+
     def __iter__(self) -> Iterator[RevokedEntry]:
         return self._rows
 

@@ -266,6 +266,45 @@ class RevokedList:
         self._earliest = earliest
         return count
 
+    def extend_sorted_raw(self, batches: Iterable[list[tuple[str, int, int, str | None]]]) -> int:
+        """Like :meth:`extend_sorted` for rows as the database stores them
+        (:meth:`RevokedEntries.raw_batches`): serials as 40 hex digits, which
+        are the sort keys already. About twice as fast for a big start-up load."""
+        keys, data, lengths, not_afters = self._keys, self._entries, self._lengths, self._not_after
+        last = bytes(keys[-_KEY_WIDTH:]) if keys else b""
+        earliest = self._earliest
+        count = 0
+        reasons = _REASON_EXTENSIONS
+        for batch in batches:
+            for serial_hex, revoked_at, not_after, reason in batch:
+                key = bytes.fromhex(serial_hex)
+                if len(key) != _KEY_WIDTH or key <= last:
+                    raise CrlError(f"bad or out-of-order serial {serial_hex}")
+                content = key.lstrip(b"\x00")
+                if not content:
+                    raise CrlError("serial 0 cannot be listed")
+                if content[0] & 0x80:
+                    content = b"\x00" + content
+                when = der_time(revoked_at)
+                extensions = b"" if reason is None or reason == "unspecified" else reasons[reason]
+                size = len(content)
+                entry = (
+                    bytes((0x30, 2 + size + len(when) + len(extensions), 0x02, size))
+                    + content
+                    + when
+                    + extensions
+                )
+                keys += key
+                data += entry
+                lengths.append(len(entry))
+                not_afters.append(not_after)
+                if earliest is None or not_after < earliest:
+                    earliest = not_after
+                last = key
+                count += 1
+        self._earliest = earliest
+        return count
+
     def drop_expired(self, cutoff: int) -> int:
         """Removes entries whose notAfter lies before ``cutoff``; returns how many."""
         if self._earliest is None or self._earliest >= cutoff:
@@ -549,7 +588,7 @@ class RootCrl:
         fresh = RevokedList()
         floor = None if cutoff is None else cutoff - 1
         with self.db.revoked_entries(self.root, not_after_after=floor) as snapshot:
-            fresh.extend_sorted(snapshot)
+            fresh.extend_sorted_raw(snapshot.raw_batches())
             generation = snapshot.generation
         self.entries = fresh
         self.generation = generation
