@@ -212,16 +212,19 @@ def _amqp(table: _Table) -> AmqpWakeupConfig:
     )
 
 
-def parse_wakeup_table(table: Mapping[str, Any] | None, source_path: str | Path) -> WakeupConfig:
+def parse_wakeup_table(
+    table: Mapping[str, Any] | None, source_path: str | Path, base: Path | None = None
+) -> WakeupConfig:
     """Validate the ``[wakeup]`` table (None or empty = wake-up off).
 
-    Relative ``*_password_file`` paths are resolved against the folder of
-    ``source_path``. Unknown keys are refused.
+    Relative ``*_password_file`` paths are resolved against ``base``, by
+    default the folder of ``source_path``. Unknown keys are refused.
 
     :raises ConfigError: naming ``source_path``, the key ``wakeup.<key>`` and the problem.
     """
     source = str(source_path)
-    base = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
+    if base is None:
+        base = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
     if table is not None and not isinstance(table, Mapping):
         raise ConfigError(source, "wakeup", "expected a table")
     data = _Table(source, "wakeup", table or {}, base)
