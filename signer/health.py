@@ -240,7 +240,7 @@ class _Page(Resource):
 
         def failed(failure: Failure) -> None:
             self.log.failure(
-                "health page {path} failed", failure, path=request.path.decode(errors="replace")
+                "health page /{page} failed", failure, page=b"/".join(request.prepath).decode(errors="replace")
             )
             if gone:
                 return

@@ -9,7 +9,8 @@ the client asks for a fresh one.
 
 The CRL figures come from the CA database in a thread and are cached for
 ``crl_refresh`` seconds (a history row carries the whole CRL, which can be
-large); ages are computed at request time from the cached thisUpdate.
+large), or until the next revoke request is answered (a new CRL is made only
+then); ages are computed at request time from the cached thisUpdate.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ class ServerHealth:
         self._crls_read_at: float | None = None
         self._crl_error: str | None = None
         self._reading: list[Deferred[None]] | None = None
+        self._revocations_at_read = -1
+
+    def _revocations(self) -> int:
+        """Revoke requests answered so far: a new CRL may exist when this changed."""
+        return sum(n for key, n in self._counters.by_kind.items() if key.startswith("revoke:"))
 
     @classmethod
     def from_parts(cls, parts: Any, crl_refresh: float = DEFAULT_CRL_REFRESH) -> "ServerHealth":
@@ -116,7 +122,8 @@ class ServerHealth:
     def _refresh_crls(self) -> "Deferred[None]":
         """Read the CRL facts again when the cache is older than ``crl_refresh``."""
         now = self._clock.seconds()
-        if self._crls_read_at is not None and now - self._crls_read_at < self._crl_refresh:
+        fresh = self._crls_read_at is not None and now - self._crls_read_at < self._crl_refresh
+        if fresh and self._revocations() == self._revocations_at_read:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         if self._reading is not None:  # one read at a time; later callers wait for it
@@ -124,7 +131,10 @@ class ServerHealth:
             return waiter
         self._reading = [waiter]
 
+        revocations = self._revocations()
+
         def read(facts: Mapping[int, CrlFacts | None]) -> None:
+            self._revocations_at_read = revocations
             self._crls = dict(facts)
             self._crl_error = None
 
