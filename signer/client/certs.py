@@ -89,7 +89,7 @@ class _SignedPublicKeyAndChallenge(core.Sequence):
     ]
 
 
-_SPKAC = re.compile(rb"SPKAC\s*=\s*([A-Za-z0-9+/=\s]+)")
+_SPKAC = re.compile(rb"^[ \t]*SPKAC[ \t]*=[ \t]*([A-Za-z0-9+/=]+)", re.MULTILINE)
 
 
 def request_public_key_der(request: bytes) -> bytes:
@@ -100,7 +100,7 @@ def request_public_key_der(request: bytes) -> bytes:
     match = _SPKAC.search(request)
     if match:
         try:
-            raw = base64.b64decode(b"".join(match.group(1).split()), validate=False)
+            raw = base64.b64decode(match.group(1), validate=True)
             spkac = _SignedPublicKeyAndChallenge.load(raw)
             return bytes(spkac["public_key_and_challenge"]["spki"].dump(force=True))
         except Exception as exc:  # asn1crypto raises many kinds on garbage

@@ -109,6 +109,18 @@ ca_key_id = "{fingerprint}"
 """
 
 
+def spkac_request() -> bytes:
+    """A Netscape SPKAC request as ``openssl spkac`` makes it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.support.testca import rsa_key
+
+    pem = rsa_key(2048, 26).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())
+    return subprocess.run(["openssl", "spkac", "-key", "/dev/stdin", "-challenge", "hello"],
+                          input=pem, capture_output=True, check=True).stdout
+
+
 def write_csr(base: Path, prefix: str, row_id: int, data: bytes) -> None:
     path = base / "csr" / prefix / str(row_id // 1000) / f"{prefix}-{row_id}.csr"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +134,7 @@ def crt(base: Path, prefix: str, row_id: int) -> Path:
 @pytest_twisted.inlineCallbacks
 def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path, str], mariadb: TestWebDB,
                                          smtp_sink: SMTPSink) -> None:
-    """The daemons sign five kinds, revoke one, update MariaDB, write files, mail in de/en, stop on SIGTERM."""
+    """The daemons sign five kinds (plus an SPKAC request), revoke one, update MariaDB, write files, mail in de/en, stop on SIGTERM."""
     signer, fingerprint = signer_dir
     base = tmp_path / "web"
     (base / "www").mkdir(parents=True)
@@ -138,11 +150,14 @@ def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path,
                 cn="www.example.org", rootcert=2, md="sha512")
     db.add_cert("orgemailcerts", 3, 7, "/CN=Org Person/O=Example Org/emailAddress=op@example.org", cn="op@example.org")
     db.add_cert("orgdomaincerts", 4, 7, "/CN=org.example.org/O=Example Org", cn="org.example.org")
+    db.add_cert("emailcerts", 6, 10, "/CN=Anna Spkac/emailAddress=anna@example.org", cn="anna@example.org",
+                keytype="NS")
     db.add_gpg(1, 11, "bob@example.org")
     write_csr(base, "client", 1, make_csr("Anna Example", index=21))
     write_csr(base, "server", 2, make_csr("www.example.org", index=22))
     write_csr(base, "orgclient", 3, make_csr("Org Person", index=23))
     write_csr(base, "orgserver", 4, make_csr("org.example.org", index=24))
+    write_csr(base, "client", 6, spkac_request())
     keys_home = short_tempdir("sge2e")
     maker = KeyMaker(keys_home / "h")
     key = maker.make("Bob Example <bob@example.org>")
@@ -177,13 +192,14 @@ def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path,
 
             def all_signed() -> bool:
                 done = [db.row(t, i)["crt_name"] for t, i in
-                        (("emailcerts", 1), ("domaincerts", 2), ("orgemailcerts", 3), ("orgdomaincerts", 4))]
+                        (("emailcerts", 1), ("domaincerts", 2), ("orgemailcerts", 3), ("orgdomaincerts", 4),
+                         ("emailcerts", 6))]
                 return all(done) and bool(db.row("gpg", 1)["crt"])
 
             yield wait_for(all_signed, "all five rows signed", 90, logs)
             db.execute("UPDATE emailcerts SET revoked = ? WHERE id = 1", (REVOKE_REQUESTED,))
             yield wait_for(lambda: db.row("emailcerts", 1)["revoked"] != REVOKE_REQUESTED, "revocation", 60, logs)
-            yield wait_for(lambda: len(smtp_sink.messages) >= 6, "six mails", 30, logs)
+            yield wait_for(lambda: len(smtp_sink.messages) >= 7, "seven mails", 30, logs)
         finally:
             if client is not None and client.poll() is None:
                 client.send_signal(signal.SIGTERM)
@@ -201,7 +217,8 @@ def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path,
 
     # files and rows
     for table, row_id, prefix, root in (("emailcerts", 1, "client", 0), ("domaincerts", 2, "server", 1),
-                                         ("orgemailcerts", 3, "orgclient", 0), ("orgdomaincerts", 4, "orgserver", 0)):
+                                         ("orgemailcerts", 3, "orgclient", 0), ("orgdomaincerts", 4, "orgserver", 0),
+                                         ("emailcerts", 6, "client", 0)):
         row = db.row(table, row_id)
         certificate = x509.load_pem_x509_certificate(crt(base, prefix, row_id).read_bytes())
         assert row["crt_name"] == f"../crt/{prefix}/0/{prefix}-{row_id}.crt"
@@ -225,10 +242,13 @@ def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path,
     assert crl.get_revoked_certificate_by_serial_number(revoked_serial) is not None
     assert x509.load_der_x509_crl((base / "www" / "class3-revoke.crl").read_bytes()).issuer == server_cert.issuer
 
-    # mails: Anna (de) gets her client cert, the org certs (admin) and the revocation; Bob (en) server + gpg
+    spkac_cert = x509.load_pem_x509_certificate(crt(base, "client", 6).read_bytes())
+    assert "CN=Anna Spkac" in spkac_cert.subject.rfc4514_string()
+
+    # mails: Anna (de) gets her two client certs, the org certs (admin) and the revocation; Bob (en) server + gpg
     anna = smtp_sink.to("anna@example.org")
     bob = smtp_sink.to("bob@example.org")
     assert sorted(m.subject for m in bob) == ["[CAcert.org] Your GPG/PGP Key", "[CAcert.org] Your certificate"]
-    assert all(m.subject == "[CAcert.org] Ihr Zertifikat" for m in anna) and len(anna) == 4
+    assert all(m.subject == "[CAcert.org] Ihr Zertifikat" for m in anna) and len(anna) == 5
     assert any("widerrufen" in m.body and db.row("emailcerts", 1)["serial"] in m.body for m in anna)
     assert os.path.exists(base / "state")

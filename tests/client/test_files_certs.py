@@ -123,6 +123,8 @@ def test_spkac_public_key_is_read() -> None:
     wanted = key.public_key().public_bytes(serialization.Encoding.DER,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     assert request_public_key_der(spkac) == wanted
+    # as the web application stores it: more attribute lines around the SPKAC line
+    assert request_public_key_der(b"CN=Ann\n" + spkac.strip() + b"\nemailAddress=a@example.org\n") == wanted
     with pytest.raises(BadCertificate):
         request_public_key_der(b"SPKAC=AAAA")
 
