@@ -278,7 +278,6 @@ class RevocationService:
         produced = self._reactor.seconds()
         # Storing the CRL (tens of MB for a big CA) and making the delta overlap.
         stored: Deferred[None] = self._run_blocking(self.store, new)
-        stored.addCallback(lambda _: self._checkpoint_later())
         self.log.info(
             "Root {root}: {what}CRL {number} with {entries} entries, {size} bytes, in {ms:.0f} ms",
             root=root,
@@ -293,6 +292,24 @@ class RevocationService:
             size=len(new.der),
             ms=(produced - started) * 1000,
         )
+        try:
+            payload = yield self._answer(outcome, new, stored, client_sha1, produced)
+        finally:
+            # Once the answer is ready: the checkpoint must not compete with
+            # xdelta for the disk.
+            self._checkpoint_later()
+        return payload
+
+    @inlineCallbacks
+    def _answer(
+        self,
+        outcome: RevocationOutcome,
+        new: ProducedCrl,
+        stored: "Deferred[None]",
+        client_sha1: str,
+        produced: float,
+    ) -> Any:
+        root = outcome.root
         if outcome.base_crl is None:
             self.log.info(
                 "Root {root}: the client's CRL {sha1} is unknown; answering the full CRL",
