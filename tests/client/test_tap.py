@@ -95,3 +95,23 @@ def test_health_page(world: World) -> None:
         yield service.stopService()
     assert body["pending"]["emailcerts"] in (0, 1)
     assert set(body) >= {"link_state", "rounds", "seconds_since_last_round_trip", "crl_age_seconds", "pending"}
+
+
+def test_json_log_format_writes_json_lines(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """log_format = "json" adds a JSON-lines observer on stderr while the service runs."""
+    from twisted.logger import Logger
+
+    from signer.client.service import _JsonLogService
+
+    config = dataclasses.replace(world.config, log_format="json")
+    service = make_client_service(config, None, reactor, requester=world.signer)
+    json_services = [child for child in service if isinstance(child, _JsonLogService)]  # type: ignore[attr-defined]
+    assert len(json_services) == 1
+    json_services[0].startService()
+    try:
+        Logger(namespace="signer.test").info("hello {who}", who="json")
+    finally:
+        json_services[0].stopService()
+        service.parts.webdb.close()  # type: ignore[attr-defined]
+    lines = [line.strip("\x1e") for line in capsys.readouterr().err.splitlines() if "hello" in line]
+    assert lines and json.loads(lines[-1])["who"] == "json"
