@@ -26,6 +26,7 @@ from signer.client.config import load_client_config
 from signer.protocol.serialconfig import load_serial_config
 from signer.server.config import load_server_config
 from signer.server.testsigner import create_test_signer
+from tests.support.gpg import KeyMaker, short_tempdir
 from tests.support.pty import pty_pair, socat_available
 from tests.support.testca import make_csr, make_root
 from tests.test_health import running_server
@@ -180,11 +181,12 @@ def _mdwe_supported() -> bool:
 @pytest.mark.skipif(not socat_available(), reason="socat is not installed")
 def test_server_works_with_write_execute_memory_refused(tmp_path: Path) -> None:
     """The units set MemoryDenyWriteExecute=yes: the server (CPython, cryptography) and
-    its children (xdelta) must work when W+X memory is refused. The kernel's
-    PR_SET_MDWE gives the same restriction without systemd: sign, CRL, delta, ping."""
+    its children (xdelta, gpg) must work when W+X memory is refused. The kernel's
+    PR_SET_MDWE gives the same restriction without systemd: sign, CRL, delta,
+    OpenPGP certification, ping."""
     if not _mdwe_supported():
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
-    with running_server(tmp_path, wrapper=(sys.executable, "-c", MDWE_WRAPPER)) as server:
+    with running_server(tmp_path, wrapper=(sys.executable, "-c", MDWE_WRAPPER), openpgp=True) as server:
         csr = tmp_path / "a.csr"
         csr.write_bytes(make_csr("MDWE Test", email="mdwe@example.org", index=21))
         signed = server.cli(
@@ -202,6 +204,15 @@ def test_server_works_with_write_execute_memory_refused(tmp_path: Path) -> None:
         )
         assert second.returncode == 0, second.stderr + server.log_text()
         assert "delta of" in server.log_text()  # xdelta ran under the restriction
+        home = short_tempdir()
+        maker = KeyMaker(home)
+        try:
+            (home / "user.asc").write_bytes(maker.make("MDWE User <mdwe@example.org>").armored)
+            certified = server.cli("sign-openpgp", "--key", str(home / "user.asc"), "--out", str(home / "out.asc"))
+            assert certified.returncode == 0, certified.stderr + server.log_text()  # gpg ran too
+        finally:
+            maker.close()
+            shutil.rmtree(home, ignore_errors=True)
         assert server.cli("ping").returncode == 0
         assert "Traceback" not in server.log_text()
 

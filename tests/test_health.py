@@ -424,13 +424,15 @@ def running_server(
     twistd_options: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
     ready: str = "serving on",
+    openpgp: bool = False,
 ) -> Iterator[RunningServer]:
     """``twistd -n signer-server`` of a fresh test signer over a socat pty pair.
 
     ``twistd_options`` go before the subcommand (e.g. ``--logger``);
-    ``wrapper`` is a command prefix (e.g. a program that restricts the process).
+    ``wrapper`` is a command prefix (e.g. a program that restricts the process);
+    ``openpgp`` gives the signer an OpenPGP CA key.
     """
-    directory = make_signer(base, extra_config)
+    directory = make_signer(base, extra_config, openpgp)
     with pty_pair() as pair:
         serial = base / "serial.conf"
         serial.write_text(f'[serial]\ndevice = "{pair.a}"\nbaudrate = 115200\n')
