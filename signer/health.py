@@ -250,7 +250,8 @@ class _Page(Resource):
             request.write(json.dumps(body).encode() + b"\n")
             request.finish()
 
-        maybeDeferred(produce).addCallback(done).addErrback(failed)
+        d = maybeDeferred(produce).addCallback(done).addErrback(failed)
+        d.addErrback(lambda failure: self.log.failure("health page not answered", failure))
         return NOT_DONE_YET
 
 

@@ -14,7 +14,7 @@ combine ``--logfile`` with logrotate: twistd's own log file rotates itself at
 1 MB into ``.1``, ``.2``, ... and, after an outside truncation, keeps writing
 at its old offset.
 
-Standard output is closed when twistd daemonizes: use these factories with
+Standard output goes to /dev/null when twistd daemonizes: use these factories with
 ``--nodaemon`` (as the systemd units do) or with ``SIGNER_LOG_FILE``.
 
 The ``.tac`` file (``etc/signer.tac``) picks the format from ``log_format``
