@@ -151,6 +151,9 @@ class ClientConfig:
     openpgp: OpenPGPConfig = OpenPGPConfig()
     log_format: str = "text"
     health_address: str = ""
+    #: The optional ``[wakeup]`` table
+    #: (:class:`signer.client.wakeup_config.WakeupConfig`), None when absent.
+    wakeup: Any = None
 
     def root(self, rootcert: int) -> RootConfig | None:
         """The root configured for the 1-based ``rootcert``, if any."""
@@ -396,6 +399,12 @@ def parse_client_config(data: Mapping[str, Any], source: str, base: Path) -> Cli
     health_table = top.sub("health")
     health_address = health_table.get("address", str, "")
     health_table.finish()
+    wakeup = None
+    if "wakeup" in top.data:
+        from signer.client.wakeup_config import parse_wakeup_table
+
+        top.used.add("wakeup")
+        wakeup = parse_wakeup_table(top.data["wakeup"], source, base)
     top.finish()
     return ClientConfig(
         source=source,
@@ -409,6 +418,7 @@ def parse_client_config(data: Mapping[str, Any], source: str, base: Path) -> Cli
         openpgp=openpgp,
         log_format=log_format,
         health_address=health_address,
+        wakeup=wakeup,
     )
 
 

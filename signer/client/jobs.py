@@ -37,6 +37,11 @@ and what a restart finds after a crash between them:
   window where the signer can be asked twice for the same row; it is as
   narrow as the time between the signer's last byte and our rename.
 - C..D: the answer is lost with the process: as above.
+- A link failure (timeout, reset) instead of an answer is no crash: the
+  journal entry is cleared and the row is retried in the next round without
+  a warning (the signer being away must not use up the rows' attempts). A
+  conversation abandoned on stop (after the stop grace) keeps its entry and
+  counts as a crash.
 - D..E (file written, row still pending): the restart sees a certificate
   file for a pending row whose public key matches the row's request and
   **completes the row from the file** (serial and notAfter read from it)
@@ -273,6 +278,7 @@ class Jobs:
         self.crl_age: dict[int, float | None] = {}
         self._mails: set[Deferred[Any]] = set()
         self._recovered_journal = False
+        self._reported: set[tuple[Any, ...]] = set()
 
     # -- round -------------------------------------------------------------
 
@@ -342,13 +348,21 @@ class Jobs:
         report.sent += 1
         started = self.clock.seconds()
         response = yield self.requester.request(message)
-        self.log.debug(
+        emit = self.log.debug if isinstance(message, codec.NulRequest) else self.log.info
+        emit(
             "{kind} answered with {length} bytes in {seconds:.2f} s",
             kind=message.kind,
             length=len(response.payload),
             seconds=self.clock.seconds() - started,
         )
         return response
+
+    def _once(self, key: tuple[Any, ...]) -> bool:
+        """True the first time ``key`` is seen (to log a persisting problem once)."""
+        if key in self._reported:
+            return False
+        self._reported.add(key)
+        return True
 
     @inlineCallbacks
     def _warn(self, table: str, row_id: int, reason: str, report: RoundReport) -> Any:
@@ -598,19 +612,22 @@ class Jobs:
     def _revoke(self, row: CertRow, report: RoundReport) -> Any:
         root = self.config.root(row.rootcert)
         if root is None:
-            self.log.error(
-                "{table} {id}: no CRL configured for rootcert {rootcert}; cannot revoke",
-                table=row.table, id=row.id, rootcert=row.rootcert,
-            )
+            if self._once((row.table, row.id, "no root")):
+                self.log.error(
+                    "{table} {id}: no CRL configured for rootcert {rootcert}; cannot revoke",
+                    table=row.table, id=row.id, rootcert=row.rootcert,
+                )
             return
         crt_path = self.layout.crt_path(row.table, row.id)
         data = yield self.run_blocking(_read_if_exists, crt_path)
         facts = None if data is None else _facts_or_none(data)
         if facts is None:
-            self.log.error(
-                "{table} {id}: certificate file {path} missing or unreadable; cannot revoke",
-                table=row.table, id=row.id, path=str(crt_path),
-            )
+            if self._once((row.table, row.id, "no certificate")):
+                self.log.error(
+                    "{table} {id}: certificate file {path} missing or unreadable; cannot revoke "
+                    "(logged once)",
+                    table=row.table, id=row.id, path=str(crt_path),
+                )
             return
         serial = facts.certificate.serial_number
         current = yield self.crl.current(root)

@@ -16,8 +16,13 @@ from a :class:`~signer.client.config.ClientConfig`:
 - :class:`HealthService` (optional) serves ``GET /`` as JSON: link state, last
   successful round trip, rounds, pending rows per table, CRL age per root.
 
-Services stop in reverse order of start: health, polling (waits for the
-round and the mails in flight), serial line, database.
+With a ``[wakeup]`` source configured, the polling service drives a
+:class:`~signer.client.wakeup_trigger.WakeupTrigger` (same interface as the
+jobs) every ``fallback_interval`` seconds and a
+:class:`~signer.client.wakeup_trigger.WakeupService` runs the source.
+
+Services stop in reverse order of start: health, wake-up, polling (waits for
+the round and the mails in flight), serial line, database.
 """
 
 from __future__ import annotations
@@ -223,6 +228,7 @@ class ClientParts:
             max_frame_length=link.max_frame_length,
         )
         self.webdb = WebDB.from_config(config.database)
+        self.wakeup: Any = None
         self.jobs = Jobs(
             config,
             self.webdb,
@@ -242,6 +248,7 @@ class ClientParts:
             "seconds_since_last_round_trip": None if last_success is None else round(now - last_success, 1),
             "rounds": self.jobs.rounds,
             "last_round_aborted": self.jobs.last_round.aborted if self.jobs.last_round else None,
+            "wakeup": self.wakeup.health() if self.wakeup is not None else None,
             "crl_age_seconds": {
                 str(root): None if at is None else round(now - at, 1) for root, at in self.jobs.crl_age.items()
             },
@@ -295,7 +302,16 @@ def make_client_service(
     if requester is None:
         assert serial is not None
         SerialLinkService(parts.protocol, serial, reactor).setServiceParent(top)
-    PollingService(parts.jobs, config.polling.interval, reactor, stop_grace).setServiceParent(top)
+    wakeup = config.wakeup
+    if wakeup is not None and wakeup.source != "off":
+        from signer.client.wakeup_trigger import WakeupService, WakeupTrigger
+
+        trigger = WakeupTrigger(parts.jobs, reactor)
+        parts.wakeup = WakeupService(wakeup, trigger, reactor, stop_grace)
+        PollingService(trigger, wakeup.fallback_interval, reactor, stop_grace).setServiceParent(top)  # type: ignore[arg-type]
+        parts.wakeup.setServiceParent(top)
+    else:
+        PollingService(parts.jobs, config.polling.interval, reactor, stop_grace).setServiceParent(top)
     if config.health_address:
         HealthService(config.health_address, reactor, parts).setServiceParent(top)
     log.info(

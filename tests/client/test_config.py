@@ -113,3 +113,14 @@ def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
         load_client_config(write(tmp_path, "[database\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_client_config(tmp_path / "absent.toml")
+
+
+def test_wakeup_table_is_parsed(tmp_path: Path) -> None:
+    """An optional [wakeup] table is validated by the wake-up module and kept on the config."""
+    config = load_client_config(write(tmp_path, MINIMAL + '\n[wakeup]\nsource = "redis"\nfallback_interval = 30\n'))
+    assert config.wakeup is not None and config.wakeup.source == "redis"
+    assert config.wakeup.fallback_interval == 30.0
+    assert load_client_config(write(tmp_path, MINIMAL)).wakeup is None
+    with pytest.raises(ConfigError) as caught:
+        load_client_config(write(tmp_path, MINIMAL + '\n[wakeup]\nsource = "carrier-pigeon"\n'))
+    assert caught.value.key == "wakeup.source"

@@ -409,3 +409,25 @@ def test_revocation_without_certificate_file_is_logged_not_sent(world: World) ->
     assert world.signer.of_kind(codec.RevokeRequest) == []
     assert report.keepalive
     assert world.db.row("emailcerts", 1)["revoked"] == REVOKE_REQUESTED
+
+
+@pytest_twisted.inlineCallbacks
+def test_revocation_on_an_unconfigured_root_is_logged_once(world: World) -> None:
+    """A revocation for a rootcert without CRL configuration sends nothing and logs one error."""
+    from twisted.internet.testing import EventLoggingObserver
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    try:
+        world.db.add_cert("emailcerts", 1, 10, "/CN=Alice", crt_name="x", rootcert=5, revoked=REVOKE_REQUESTED)
+        jobs = world.jobs()
+        jobs.rounds = 1
+        yield jobs.run_round()
+        yield jobs.run_round()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    errors = [e for e in observer if e.get("log_level") == LogLevel.error and "rootcert" in e.get("log_format", "")]
+    assert len(errors) == 1 and errors[0]["rootcert"] == 5
+    assert world.signer.of_kind(codec.RevokeRequest) == []
+    assert world.db.row("emailcerts", 1)["revoked"] == REVOKE_REQUESTED

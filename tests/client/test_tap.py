@@ -115,3 +115,27 @@ def test_json_log_format_writes_json_lines(world: World, capsys: pytest.CaptureF
         service.parts.webdb.close()  # type: ignore[attr-defined]
     lines = [line.strip("\x1e") for line in capsys.readouterr().err.splitlines() if "hello" in line]
     assert lines and json.loads(lines[-1])["who"] == "json"
+
+
+def test_wakeup_table_switches_polling_to_the_trigger(world: World) -> None:
+    """[wakeup] source = "redis" wires a WakeupService and polls the trigger at the fallback interval."""
+    from signer.client.wakeup_config import parse_wakeup_table
+    from signer.client.wakeup_trigger import WakeupService, WakeupTrigger
+
+    wakeup = parse_wakeup_table({"source": "redis", "fallback_interval": 42.0}, "<test>", world.tmp)
+    config = dataclasses.replace(world.config, wakeup=wakeup)
+    service = make_client_service(config, None, reactor, requester=world.signer)
+    try:
+        polling = [c for c in service if isinstance(c, PollingService)][0]  # type: ignore[attr-defined]
+        assert isinstance(polling.jobs, WakeupTrigger) and polling.interval == 42.0
+        assert [c for c in service if isinstance(c, WakeupService)]  # type: ignore[attr-defined]
+    finally:
+        service.parts.webdb.close()  # type: ignore[attr-defined]
+    off = make_client_service(dataclasses.replace(world.config, wakeup=parse_wakeup_table({}, "<t>", world.tmp)),
+                              None, reactor, requester=world.signer)
+    try:
+        polling = [c for c in off if isinstance(c, PollingService)][0]  # type: ignore[attr-defined]
+        assert polling.interval == world.config.polling.interval
+        assert not isinstance(polling.jobs, WakeupTrigger)
+    finally:
+        off.parts.webdb.close()  # type: ignore[attr-defined]
