@@ -463,3 +463,50 @@ def test_client_keeps_working_while_the_broker_is_down(world: World, private_red
         yield wait_until(lambda: world.db.row("emailcerts", 2)["crt_name"] != "", timeout=1.0)
     finally:
         yield client.stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
+@pytest_twisted.inlineCallbacks
+def test_whole_client_service_wakes_and_reports_on_its_health_page(
+    world: World, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """make_client_service with [wakeup]: a message signs the row at once; GET / shows the wake-up state."""
+    import dataclasses
+    import json
+
+    from twisted.internet.threads import deferToThread
+
+    from signer.client.service import HealthService, make_client_service
+
+    members(world)
+    config = dataclasses.replace(
+        world.config, wakeup=wakeup_config(kind, request), health_address="tcp:0:interface=127.0.0.1"
+    )
+    service = make_client_service(config, None, reactor, requester=world.signer)
+    service.startService()
+    try:
+        parts = service.parts  # type: ignore[attr-defined]
+        yield wait_until(lambda: parts.jobs.rounds == 1 and parts.wakeup.source.connected, timeout=10)
+        seed(world, "orgemailcerts", 6, "Org Member", 5)
+        publish_for(config.wakeup, b"orgemailcerts 6")
+        yield wait_until(lambda: world.db.row("orgemailcerts", 6)["crt_name"] != "", timeout=1.0)
+        health_service = [c for c in service if isinstance(c, HealthService)][0]  # type: ignore[attr-defined]
+        yield wait_until(lambda: health_service._listening is not None)
+        port = health_service._listening.getHost().port
+
+        def fetch() -> dict[str, Any]:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                return json.loads(answer.read())  # type: ignore[no-any-return]
+
+        yield wait_until(lambda: not parts.wakeup.trigger.busy())
+        body = yield deferToThread(fetch)
+        wakeup = body["wakeup"]
+        assert wakeup["source"] == kind and wakeup["connected"] is True
+        assert wakeup["messages"] == 1 and wakeup["wakes"] == 1 and wakeup["reconnects"] == 0
+        assert wakeup["fallback_interval"] == 60.0
+        assert wakeup["last_job"]["kinds"] == ["orgemailcerts"] and wakeup["last_job"]["signed"] == 1
+        assert parts.jobs.rounds == 1  # the polling round did not run again
+    finally:
+        yield service.stopService()
