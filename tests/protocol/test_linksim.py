@@ -561,7 +561,9 @@ def test_signer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Server:
     """``twistd signer-server`` on one side of a line."""
 
-    def __init__(self, signer_dir: Path, device: str, folder: Path) -> None:
+    def __init__(
+        self, signer_dir: Path, device: str, folder: Path, config: str = "signer-server.toml"
+    ) -> None:
         self.folder = folder
         serial = folder / "serial.conf"
         serial.write_text(f'[serial]\ndevice = "{device}"\n')
@@ -570,7 +572,7 @@ class Server:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", "-", "signer-server",
-                 "--config", str(signer_dir / "signer-server.toml"), "--serial-config", str(serial)],
+                 "--config", str(signer_dir / config), "--serial-config", str(serial)],
                 cwd=folder, stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
@@ -626,6 +628,62 @@ def test_signing_through_bit_flips(test_signer: Path, tmp_path: Path, linksim_fa
     assert flips > 0, counters
     assert client.stats.naks_received + client.stats.naks_sent + client.stats.garbage_bytes > 0
     assert signed >= 9, (signed, failed, client.stats, counters)
+
+
+@pytest_twisted.inlineCallbacks
+def test_drops_and_stalls_fail_cleanly_and_recover(test_signer: Path, tmp_path: Path, linksim_factory):  # type: ignore[no-untyped-def]
+    """Dropped bytes and random stalls: each request either gets its
+    certificate or fails with a LinkError within the link timeouts (never
+    hangs), and the line keeps serving afterwards."""
+    short = test_signer / "signer-server-short.toml"
+    if not short.exists():
+        short.write_text(
+            (test_signer / "signer-server.toml").read_text()
+            + "\n[link]\nstart_timeout = 1\nack_timeout = 1\nframe_timeout = 0.5\n"
+        )
+    sim = linksim_factory(
+        "--baud", "921600", "--drop-rate", "1e-4", "--flip-rate", "2e-4",
+        "--stall-rate", "1", "--stall-ms", "150", "--seed", "8", "--json",
+    )
+    server = Server(test_signer, sim.a, tmp_path, config=short.name)
+    # The client retries less often than the server's frame silence timeout:
+    # a request frame that lost a byte leaves the server waiting for one more
+    # byte, and a START retried within that timeout would be taken as that
+    # byte and keep the server waiting.
+    client = ClientLinkProtocol(
+        reactor, LinkTimeouts(start_ack=1.5, frame_ack=1.5, response_start=5.0, frame_byte=1.0)
+    )
+    open_serial(client, SerialConfig(sim.b), reactor)
+    outcomes = []
+    try:
+        for index in range(12):
+            started = time.monotonic()
+            try:
+                response = yield client.request(x509_request(200 + index)).addTimeout(30, reactor)
+                # an empty answer: the request arrived damaged in a way the
+                # frame's XOR byte cannot see (two flips of the same bit) and
+                # the server refused it (the CSR's signature did not verify)
+                signed = response.certificate.startswith(b"-----BEGIN CERTIFICATE-----")
+                outcomes.append("signed" if signed else "refused")
+            except LinkError as error:
+                outcomes.append(type(error).__name__)
+            assert time.monotonic() - started < 12  # bounded by the link timeouts
+        # the line still serves: of a few NULs at least one goes through
+        for attempt in range(5):
+            try:
+                yield client.request(NUL).addTimeout(30, reactor)
+                break
+            except LinkError:
+                assert attempt < 4
+    finally:
+        yield client.close()
+        server.stop()
+    counters = json.loads(sim.stop().strip().splitlines()[-1])
+    dropped = counters["a_to_b"]["dropped"] + counters["b_to_a"]["dropped"]
+    stalls = counters["a_to_b"]["stalls"] + counters["b_to_a"]["stalls"]
+    assert dropped > 0 and stalls > 0, counters
+    assert outcomes.count("signed") >= 6, (outcomes, counters)
+    assert "Unhandled" not in server.log.read_text()
 
 
 @pytest_twisted.inlineCallbacks
