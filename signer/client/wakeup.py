@@ -411,6 +411,8 @@ class RedisWakeup(WakeupSource):
         import txredisapi
 
         yield protocol.whenConnected()
+        # a subscriber only listens: TCP keep-alive notices a peer that vanished silently
+        protocol.transport.setTcpKeepAlive(1)
         if self.config.password:
             args = [self.config.username, self.config.password] if self.config.username else [self.config.password]
             reply = yield protocol.execute_command("AUTH", *args)

@@ -76,8 +76,9 @@ class AmqpWakeupConfig:
     heartbeat: int = 30
 
     def describe(self) -> str:
+        vhost = self.vhost if self.vhost.startswith("/") else "/" + self.vhost
         via = f" via exchange {self.exchange!r}" if self.exchange else ""
-        return f"amqp://{self.host}:{self.port}{self.vhost if self.vhost.startswith('/') else '/' + self.vhost} queue {self.queue!r}{via}"
+        return f"amqp://{self.host}:{self.port}{vhost} queue {self.queue!r}{via}"
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def redis_problem(port: int = REDIS_PORT) -> str | None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             sock.sendall(b"PING\r\n")
-            if not sock.recv(64).startswith(b"+PONG"):
-                return "no PONG"
+            reply = sock.recv(64)
+            if not reply.startswith(b"+PONG"):
+                return f"no PONG: {reply!r}"
     except OSError as exc:
         return str(exc)
     return None
@@ -84,18 +85,19 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server subprocess on a free port that a test may stop and start."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         self.port = free_port()
+        self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
+             "--appendonly", "no", "--daemonize", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while redis_problem(self.port) is not None:
+        while (problem := redis_problem(self.port)) is not None and "NOAUTH" not in problem:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"private redis-server on {self.port} did not start")
             time.sleep(0.02)
@@ -112,6 +114,16 @@ def private_redis() -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         require("redis-server is not installed", "redis-server")
     server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def password_redis() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        require("redis-server is not installed", "redis-server")
+    server = PrivateRedis("--requirepass", "s3cret")
     server.start()
     yield server
     server.stop()
@@ -283,6 +295,27 @@ def test_redis_restart_is_survived(private_redis: PrivateRedis, log_lines: list[
         assert "next connection attempt in" in text
     finally:
         yield source.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_password_is_sent_and_a_wrong_one_is_reported(password_redis: PrivateRedis) -> None:
+    """With requirepass, the right password subscribes; a wrong one keeps retrying and names the error."""
+    woken = Woken()
+    good = RedisWakeup(RedisWakeupConfig(port=password_redis.port, password="s3cret"), woken, reactor, **FAST_BACKOFF)
+    bad = RedisWakeup(RedisWakeupConfig(port=password_redis.port, password="wrong"), woken, reactor, **FAST_BACKOFF)
+    yield started(good)
+    bad.startService()
+    try:
+        yield wait_until(lambda: bad.failed_attempts >= 2, timeout=5)
+        assert not bad.connected and "setting up the subscription failed" in (bad.last_error or "")
+        assert publish_redis("127.0.0.1", password_redis.port, "signer", b"gpg 8", password="s3cret") == 1
+        yield wait_until(lambda: woken.calls, timeout=1.0)
+        assert woken.calls == [("gpg", 8)]
+        with pytest.raises(BrokerError, match="refused AUTH"):
+            publish_redis("127.0.0.1", password_redis.port, "signer", b"gpg", password="wrong")
+    finally:
+        yield good.stopService()
+        yield bad.stopService()
 
 
 @pytest_twisted.inlineCallbacks
