@@ -88,6 +88,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="shortest interval between two releases of paced bytes; bytes due "
         "meanwhile are released together (default 2)",
     )
+    line.add_argument(
+        "--early-us", type=_non_negative_float, default=500.0, metavar="US",
+        help="release bytes up to this many microseconds before they have fully "
+        "crossed, instead of up to a timer tick (about 1 ms) after; keeps lone "
+        "control bytes near their true time (default 500; 0 = never early)",
+    )
     faults = parser.add_argument_group("faults (the same for both directions)")
     faults.add_argument(
         "--seed", type=int, default=0, help="seed of every random decision (default 0)"
@@ -245,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
             self.end.write(data)
 
     to_a, to_b = _Forward(), _Forward()
-    relay = LineRelay(line, clock, to_a, to_b, min_tick=args.tick_ms / 1000)
+    relay = LineRelay(
+        line, clock, to_a, to_b, min_tick=args.tick_ms / 1000, early=args.early_us / 1e6
+    )
 
     def overflow(direction: Any) -> Any:
         def count(lost: int) -> None:

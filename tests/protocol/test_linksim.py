@@ -338,6 +338,27 @@ def test_relay_delivers_a_lone_ack_after_one_byte_time() -> None:
     assert a.data == b"\x10"
 
 
+def test_relay_early_release_is_bounded_and_keeps_the_rate() -> None:
+    """With ``early`` set, bytes come out at most that much before they have
+    crossed (a lone ACK at once instead of a timer tick late), and a second of
+    traffic still takes a second."""
+    clock = Clock()
+    a, b = Collector(clock), Collector(clock)
+    line_relay = LineRelay(Line(LineSettings()), clock, a, b, min_tick=0.002, early=0.0005)
+    line_relay.received("b", b"\x10")
+    assert a.data == b"\x10"  # due in 87 us, within the 500 us allowance
+    clock.advance(1.0)
+    line_relay.received("a", pattern(11520))
+    while clock.getDelayedCalls():
+        clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+    assert b.data == pattern(11520)
+    total = 0
+    for when, data in b.writes:
+        total += len(data)
+        assert total <= (when - 1.0 + 0.0005) * 11520 + 1e-6
+    assert clock.seconds() == pytest.approx(2.0 - 0.0005, abs=0.003)
+
+
 def test_relay_unpaced_is_synchronous_and_both_ways() -> None:
     """Unpaced, each side's bytes reach the other side during the same call."""
     line_relay, clock, a, b = relay(LineSettings(baud=0))
@@ -447,7 +468,7 @@ def test_cli_help_documents_every_option() -> None:
     assert result.returncode == 0
     for option in (
         "--link-a", "--link-b", "--baud", "--bytesize", "--parity", "--stopbits", "--latency",
-        "--tick-ms", "--seed", "--flip-rate", "--drop-rate", "--stall-rate", "--stall-ms",
+        "--tick-ms", "--early-us", "--seed", "--flip-rate", "--drop-rate", "--stall-rate", "--stall-ms",
         "--stall-at", "--unplug-at", "--duration", "--report-every", "--json", "SIGUSR1",
     ):
         assert option in result.stdout, option
