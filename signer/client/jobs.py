@@ -49,8 +49,13 @@ and what a restart finds after a crash between them:
   over from elsewhere) is ignored and will be replaced.
 - E..F: the row is complete; the stale journal entry names a row that is no
   longer pending and is dropped.
-- F..G: the row is complete, the mail is not sent: mails are at most once
-  (a mail is never worth a second certificate).
+- Mails (:mod:`signer.client.outbox`): they are rendered and written as
+  ``.hold`` files *before* E and renamed to ``.eml`` after it; a restart
+  sends ``.hold`` files whose row is complete and drops the others (their
+  row is completed again, which renders them again), and sends every
+  ``.eml``. So a crash anywhere loses no mail and doubles none, except one
+  the SMTP server took just before the crash. Without a ``state_dir`` mails
+  are sent after E, at most once.
 
 Revocations: send (with the SHA-1 of the current CRL) -> install the verified
 new CRL -> ``revoked = NOW()`` -> mail. Before asking, the client checks
@@ -88,12 +93,14 @@ from signer.client.config import ClientConfig, RootConfig
 from signer.client.crlinstall import CrlInstaller, CrlInstallError, CrlState
 from signer.client.files import FileLayout, read_request, write_atomic
 from signer.client.mailer import BadAddress, Mail, MailRenderer
+from signer.client.outbox import Outbox
 from signer.client.webdb import (
     CERT_TABLES,
     ORG_TABLES,
     SERVER_TABLES,
     CertRow,
     GpgRow,
+    Recipient,
     WebDB,
 )
 from signer.protocol import codec
@@ -272,6 +279,7 @@ class Jobs:
         )
         state_dir = config.files.state_dir
         self.journal = InFlightJournal(state_dir / "in-flight" if state_dir else None)
+        self.outbox = Outbox(state_dir / "outbox") if state_dir else None
         self.rounds = 0
         self.stopping = False
         self.last_round: RoundReport | None = None
@@ -294,6 +302,7 @@ class Jobs:
         try:
             if not self._recovered_journal:
                 yield self._recover_journal()
+                yield self._recover_outbox()
                 self._recovered_journal = True
             yield self._openpgp(report)
             for table in CERT_TABLES:
@@ -455,18 +464,16 @@ class Jobs:
 
     @inlineCallbacks
     def _complete_openpgp(self, row: GpgRow, expire: str, report: RoundReport, recovered: bool = False) -> Any:
+        recipients = yield self.webdb.users([row.memid])
+        held = yield self._hold(
+            "gpg", row.id, "issued", recipients,
+            lambda r: self.renderer.openpgp_signed(r.email, r.fname, r.language, row.email, row.id),  # type: ignore[union-attr]
+        )
         yield self.webdb.mark_openpgp_signed(row.id, self.layout.crt_name("gpg", row.id), expire)
         self.journal.end()
         (report.recovered if recovered else report.signed).append(("gpg", row.id))
         self.log.info("gpg {id}: key signed, certification expires {expire}", id=row.id, expire=expire)
-        recipients = yield self.webdb.users([row.memid])
-        for user in recipients:
-            self._mail(
-                "gpg", row.id,
-                lambda r=user: self.renderer.openpgp_signed(  # type: ignore[union-attr]
-                    r.email, r.fname, r.language, row.email, row.id
-                ),
-            )
+        yield self._release("gpg", row.id, held)
 
     # -- X.509 -------------------------------------------------------------
 
@@ -577,6 +584,18 @@ class Jobs:
     def _complete_certificate(
         self, row: CertRow, facts: CertificateFacts, report: RoundReport, recovered: bool = False
     ) -> Any:
+        memids = yield self.webdb.owners(row)
+        recipients = yield self.webdb.users(memids)
+        if not recipients:
+            self.log.warn("{table} {id}: no member to mail", table=row.table, id=row.id)
+        name = row.cn or _subject_name(row.subject)
+        server = row.table in SERVER_TABLES
+        held = yield self._hold(
+            row.table, row.id, "issued", recipients,
+            lambda r: self.renderer.certificate_issued(  # type: ignore[union-attr]
+                r.email, r.fname, r.language, name, row.id, server
+            ),
+        )
         yield self.webdb.mark_signed(
             row.table, row.id, self.layout.crt_name(row.table, row.id), facts.serial, facts.expire
         )
@@ -586,18 +605,7 @@ class Jobs:
             "{table} {id}: signed, serial {serial}, expires {expire}",
             table=row.table, id=row.id, serial=facts.serial, expire=facts.expire,
         )
-        memids = yield self.webdb.owners(row)
-        recipients = yield self.webdb.users(memids)
-        if not recipients:
-            self.log.warn("{table} {id}: no member to mail", table=row.table, id=row.id)
-        name = row.cn or _subject_name(row.subject)
-        for user in recipients:
-            self._mail(
-                row.table, row.id,
-                lambda r=user: self.renderer.certificate_issued(  # type: ignore[union-attr]
-                    r.email, r.fname, r.language, name, row.id, row.table in SERVER_TABLES
-                ),
-            )
+        yield self._release(row.table, row.id, held)
 
     # -- revocations -------------------------------------------------------
 
@@ -673,21 +681,21 @@ class Jobs:
 
     @inlineCallbacks
     def _complete_revocation(self, row: CertRow, facts: CertificateFacts, report: RoundReport) -> Any:
+        memids = yield self.webdb.owners(row)
+        recipients = yield self.webdb.users(memids)
+        name = row.cn or _subject_name(row.subject)
+        held = yield self._hold(
+            row.table, row.id, "revoked", recipients,
+            lambda r: self.renderer.certificate_revoked(  # type: ignore[union-attr]
+                r.email, r.fname, r.language, name, facts.serial
+            ),
+        )
         yield self.webdb.mark_revoked(row.table, row.id)
         report.revoked.append((row.table, row.id))
         self.log.info(
             "{table} {id}: serial {serial} revoked", table=row.table, id=row.id, serial=facts.serial
         )
-        memids = yield self.webdb.owners(row)
-        recipients = yield self.webdb.users(memids)
-        name = row.cn or _subject_name(row.subject)
-        for user in recipients:
-            self._mail(
-                row.table, row.id,
-                lambda r=user: self.renderer.certificate_revoked(  # type: ignore[union-attr]
-                    r.email, r.fname, r.language, name, facts.serial
-                ),
-            )
+        yield self._release(row.table, row.id, held)
 
     # -- CRL freshness and keep-alive ------------------------------------
 
@@ -728,15 +736,76 @@ class Jobs:
 
     # -- mails -------------------------------------------------------------
 
-    def _mail(self, table: str, row_id: int, render: Callable[[], Mail]) -> None:
-        """Render and send one mail in the background; failures are only logged."""
-        if self.renderer is None or self.sender is None or not self.config.mail.enabled:
+    def _mailing(self) -> bool:
+        return self.renderer is not None and self.sender is not None and self.config.mail.enabled
+
+    @inlineCallbacks
+    def _hold(
+        self, table: str, row_id: int, event: str, recipients: list[Recipient],
+        render: Callable[[Recipient], Mail],
+    ) -> Any:
+        """Render the mails of an event and, with an outbox, write them as ``.hold`` files.
+
+        Runs before the row's UPDATE. Returns what :meth:`_release` sends.
+        """
+        if not self._mailing():
+            return []
+        mails = []
+        for user in recipients:
+            try:
+                mails.append(render(user))
+            except (BadAddress, KeyError, ValueError) as exc:
+                self.log.warn("{table} {id}: no mail to member {memid}: {error}",
+                              table=table, id=row_id, memid=user.memid, error=str(exc))
+        if self.outbox is None or not mails:
+            return mails
+        paths = yield self.run_blocking(self.outbox.hold, table, row_id, event, mails)
+        return paths
+
+    @inlineCallbacks
+    def _release(self, table: str, row_id: int, held: list[Any]) -> Any:
+        """After the UPDATE: make held mails ready and send them in the background."""
+        if not held:
             return
-        try:
-            mail = render()
-        except (BadAddress, KeyError, ValueError) as exc:
-            self.log.warn("{table} {id}: no mail sent: {error}", table=table, id=row_id, error=str(exc))
+        if self.outbox is None:
+            for mail in held:
+                self._send_mail(table, row_id, mail, None)
             return
+        ready = yield self.run_blocking(self.outbox.release, held)
+        for path in ready:
+            mail = yield self.run_blocking(Outbox.load, path)
+            if mail is not None:
+                self._send_mail(table, row_id, mail, path)
+
+    @inlineCallbacks
+    def _recover_outbox(self) -> Any:
+        """After a restart: promote held mails whose row is complete, send ready ones."""
+        if self.outbox is None or not self._mailing():
+            return
+        held = yield self.run_blocking(self.outbox.held)
+        for item in held:
+            if item.event == "revoked":
+                done = yield self.webdb.revocation_done(item.table, item.row_id)
+            elif item.table == "gpg":
+                row = yield self.webdb.openpgp_row(item.row_id)
+                done = row is not None and bool(row.crt)
+            else:
+                row = yield self.webdb.certificate_row(item.table, item.row_id)
+                done = row is not None and bool(row.crt_name)
+            if done:
+                yield self.run_blocking(self.outbox.release, [item.path])
+            else:
+                yield self.run_blocking(Outbox.discard, item.path)
+        ready = yield self.run_blocking(self.outbox.ready)
+        for path in ready:
+            mail = yield self.run_blocking(Outbox.load, path)
+            if mail is not None:
+                self.log.info("Sending mail {name} left from before the restart", name=path.name)
+                self._send_mail("outbox", 0, mail, path)
+
+    def _send_mail(self, table: str, row_id: int, mail: Mail, path: Path | None) -> None:
+        """Send one mail in the background; failures are only logged; its file goes after the attempt."""
+        assert self.sender is not None
         d = self.sender.send(mail)
         self._mails.add(d)
 
@@ -749,8 +818,13 @@ class Jobs:
                 table=table, id=row_id, to=mail.recipient, error=failure.getErrorMessage(),
             )
 
+        def done(_: Any) -> None:
+            self._mails.discard(d)
+            if path is not None:
+                Outbox.discard(path)
+
         d.addCallbacks(sent, failed)
-        d.addBoth(lambda _: self._mails.discard(d))
+        d.addBoth(done)
 
     def when_mails_sent(self) -> Deferred[Any]:
         """Fires when every mail started so far was sent or failed."""

@@ -299,6 +299,13 @@ class WebDB:
         r = rows[0]
         return GpgRow(_int(r[0]), _int(r[1]), _text(r[2]), _int(r[3]), _text(r[4]))
 
+    @inlineCallbacks
+    def revocation_done(self, table: str, row_id: int) -> Any:
+        """Whether ``revoked`` of the row no longer says "please revoke"."""
+        table = _check_table(table)
+        rows = yield self._query(f"SELECT revoked FROM {table} WHERE id = ?", (row_id,))
+        return bool(rows) and _text(rows[0][0]) != REVOKE_REQUESTED
+
     # -- facts for requests and mails --------------------------------------
 
     @inlineCallbacks

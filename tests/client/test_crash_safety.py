@@ -115,17 +115,75 @@ def test_crash_after_update_before_journal_cleared(world: World) -> None:
 
 
 @pytest_twisted.inlineCallbacks
-def test_crash_before_mail(mail_world: World) -> None:
-    """After the UPDATE the row is done: the restart neither signs again nor mails twice."""
+def test_crash_while_rendering_mails(mail_world: World) -> None:
+    """Mails are prepared before the UPDATE: the restart completes the row from the file and mails once."""
     w = mail_world
     pending_client_row(w)
     yield expect_crash(w.jobs(renderer=CrashingRenderer()).run_round())
-    assert w.db.row("emailcerts", 1)["crt_name"] != ""
+    assert w.db.row("emailcerts", 1)["crt_name"] == ""
+    jobs = w.jobs()
+    report = yield jobs.run_round()
+    yield jobs.when_mails_sent()
+    assert report.recovered == [("emailcerts", 1)]
+    assert len(sign_requests(w)) == 1
+    assert [m.recipient for m in w.sink.messages] == ["a@example.org"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_crash_with_held_mail_before_update(mail_world: World, backend: str) -> None:
+    """A held mail of a row still pending is dropped; completing the row mails exactly once."""
+    w = mail_world
+    pending_client_row(w)
+    yield expect_crash(w.jobs(CrashBeforeSigned).run_round())
+    assert [p.suffix for p in (w.tmp / "state" / "outbox").iterdir()] == [".hold"]
     jobs = w.jobs()
     yield jobs.run_round()
     yield jobs.when_mails_sent()
     assert len(sign_requests(w)) == 1
-    assert w.sink.messages == []  # at most once: the crashed client's mail is not repeated
+    assert [m.recipient for m in w.sink.messages] == ["a@example.org"]
+    assert list((w.tmp / "state" / "outbox").iterdir()) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_crash_after_update_before_mail(mail_world: World, backend: str) -> None:
+    """The row is complete and its mail held: the restart sends it, once, without a new request."""
+    w = mail_world
+    pending_client_row(w)
+    yield expect_crash(w.jobs(CrashAfterSigned).run_round())
+    assert w.db.row("emailcerts", 1)["crt_name"] != ""
+    assert w.sink.messages == []
+    jobs = w.jobs()
+    yield jobs.run_round()
+    yield jobs.when_mails_sent()
+    yield w.sink.wait_for(1)
+    assert len(sign_requests(w)) == 1
+    assert [m.subject for m in w.sink.messages] == ["[CAcert.org] Your certificate"]
+    jobs2 = w.jobs()
+    yield jobs2.run_round()
+    yield jobs2.when_mails_sent()
+    assert len(w.sink.messages) == 1
+
+
+class CrashingSender:
+    """Dies when handing the mail to SMTP."""
+
+    def send(self, mail: Any) -> Any:
+        raise Crash()
+
+
+@pytest_twisted.inlineCallbacks
+def test_crash_while_sending_mail(mail_world: World) -> None:
+    """A ready (.eml) mail left by a crash is sent after the restart."""
+    w = mail_world
+    pending_client_row(w)
+    yield expect_crash(w.jobs(sender=CrashingSender()).run_round())
+    assert [p.suffix for p in (w.tmp / "state" / "outbox").iterdir()] == [".eml"]
+    jobs = w.jobs()
+    yield jobs.run_round()
+    yield jobs.when_mails_sent()
+    assert [m.recipient for m in w.sink.messages] == ["a@example.org"]
+    assert len(sign_requests(w)) == 1
+    assert list((w.tmp / "state" / "outbox").iterdir()) == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -196,7 +254,9 @@ def test_openpgp_crash_after_file_before_update(world: World, openpgp_ca: OpenPG
 @inlineCallbacks
 def _signed_and_marked_for_revocation(world: World) -> Any:
     pending_client_row(world)
-    yield world.jobs().run_round()
+    jobs = world.jobs()
+    yield jobs.run_round()
+    yield jobs.when_mails_sent()
     world.db.execute("UPDATE emailcerts SET revoked = ? WHERE id = 1", (REVOKE_REQUESTED,))
     world.signer.requests.clear()
 
@@ -212,6 +272,29 @@ def test_revocation_crash_after_crl_installed(world: World, backend: str) -> Non
     assert report.revoked == [("emailcerts", 1)]
     assert len(world.signer.of_kind(codec.RevokeRequest)) == 1
     assert world.db.row("emailcerts", 1)["revoked"] != REVOKE_REQUESTED
+
+
+@pytest_twisted.inlineCallbacks
+def test_revocation_mail_survives_a_crash_after_the_update(mail_world: World) -> None:
+    """Crash right after revoked = NOW(): the held revocation mail goes out once after the restart."""
+    w = mail_world
+
+    class CrashAfterRevoked(WebDB):
+        @inlineCallbacks
+        def mark_revoked(self, *args: Any) -> Any:
+            yield super().mark_revoked(*args)
+            raise Crash()
+
+    yield _signed_and_marked_for_revocation(w)
+    yield w.sink.wait_for(1)
+    yield expect_crash(w.jobs(CrashAfterRevoked).run_round())
+    assert w.db.row("emailcerts", 1)["revoked"] != REVOKE_REQUESTED
+    jobs = w.jobs()
+    yield jobs.run_round()
+    yield jobs.when_mails_sent()
+    mails = yield w.sink.wait_for(2)
+    assert len(mails) == 2 and "has been revoked" in mails[1].body
+    assert len(w.signer.of_kind(codec.RevokeRequest)) == 1
 
 
 @pytest_twisted.inlineCallbacks

@@ -182,3 +182,25 @@ def test_garbage_keys_raise_bad_certificate(data: bytes) -> None:
     """Truncated or non-OpenPGP data is a BadCertificate, never another exception."""
     with pytest.raises(BadCertificate):
         openpgp_certification_expiry(data)
+
+
+def test_outbox_hold_release_and_scan(tmp_path: Path) -> None:
+    """Held mails become ready on release; strangers in the folder are ignored; load round-trips."""
+    from signer.client.mailer import Mail
+    from signer.client.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    mails = [Mail("a@example.org", "s", "b", b"Subject: x\n\nbody\n"), Mail("b@example.org", "s", "b", b"m2\n")]
+    held = outbox.hold("emailcerts", 7, "issued", mails)
+    (tmp_path / "outbox" / "notes.txt").write_text("not a mail")
+    assert [(h.table, h.row_id, h.event) for h in outbox.held()] == [("emailcerts", 7, "issued")] * 2
+    assert outbox.ready() == []
+    # holding again for the same key replaces, never duplicates
+    held = outbox.hold("emailcerts", 7, "issued", mails[:1])
+    assert len(outbox.held()) == 1
+    ready = outbox.release(held)
+    assert outbox.held() == [] and outbox.ready() == ready
+    loaded = Outbox.load(ready[0])
+    assert loaded is not None and loaded.recipient == "a@example.org" and loaded.message == mails[0].message
+    Outbox.discard(ready[0])
+    assert outbox.ready() == [] and Outbox.load(ready[0]) is None
