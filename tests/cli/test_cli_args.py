@@ -41,6 +41,8 @@ def test_every_subcommand_is_registered() -> None:
         "revoke",
         "decode",
         "import-openssl-ca",
+        "linksim",
+        "notify",
         "init-test-signer",
     ]
 
