@@ -251,4 +251,4 @@ def test_all_five_kinds_and_a_revocation(tmp_path: Path, signer_dir: tuple[Path,
     assert sorted(m.subject for m in bob) == ["[CAcert.org] Your GPG/PGP Key", "[CAcert.org] Your certificate"]
     assert all(m.subject == "[CAcert.org] Ihr Zertifikat" for m in anna) and len(anna) == 5
     assert any("widerrufen" in m.body and db.row("emailcerts", 1)["serial"] in m.body for m in anna)
-    assert os.path.exists(base / "state")
+    assert list((base / "state" / "outbox").iterdir()) == []  # every held mail went out
