@@ -21,10 +21,11 @@ Crash safety (MyISAM has no transactions)
 
 The client may die between any two steps. The steps of a signing are::
 
-    A  read row (pending)          E  UPDATE row (crt_name, serial, expire)
-    B  journal "table id in flight"  F  clear journal
-    C  request -> answer           G  mail the member
-    D  write certificate file (temp + fsync + rename)
+    A  read row (pending)             E  hold the mails (outbox .hold files)
+    B  journal "table id in flight"   F  UPDATE row (crt_name, serial, expire)
+    C  request -> answer              G  clear journal
+    D  write certificate file         H  release the mails (.hold -> .eml), send,
+       (temp + fsync + rename)           remove each file after its attempt
 
 and what a restart finds after a crash between them:
 
@@ -42,23 +43,23 @@ and what a restart finds after a crash between them:
   a warning (the signer being away must not use up the rows' attempts). A
   conversation abandoned on stop (after the stop grace) keeps its entry and
   counts as a crash.
-- D..E (file written, row still pending): the restart sees a certificate
+- D..F (file written, row still pending): the restart sees a certificate
   file for a pending row whose public key matches the row's request and
   **completes the row from the file** (serial and notAfter read from it)
   without asking the signer. A file that does not match the request (left
   over from elsewhere) is ignored and will be replaced.
-- E..F: the row is complete; the stale journal entry names a row that is no
+- F..G: the row is complete; the stale journal entry names a row that is no
   longer pending and is dropped.
 - Mails (:mod:`signer.client.outbox`): they are rendered and written as
-  ``.hold`` files *before* E and renamed to ``.eml`` after it; a restart
+  ``.hold`` files *before* F and renamed to ``.eml`` after it; a restart
   sends ``.hold`` files whose row is complete and drops the others (their
   row is completed again, which renders them again), and sends every
   ``.eml``. So a crash anywhere loses no mail and doubles none, except one
   the SMTP server took just before the crash. Without a ``state_dir`` mails
-  are sent after E, at most once.
+  are sent after F, at most once (and there is no journal either).
 
 Revocations: send (with the SHA-1 of the current CRL) -> install the verified
-new CRL -> ``revoked = NOW()`` -> mail. Before asking, the client checks
+new CRL -> hold the mails -> ``revoked = NOW()`` -> release the mails. Before asking, the client checks
 whether its current, verified CRL already lists the certificate's serial (a
 crash between installing the CRL and the UPDATE): then it only completes the
 row. Re-sending a revocation is harmless anyway (the signer treats a repeat
