@@ -31,7 +31,7 @@ def test_openpgp_key_is_signed_stored_and_mailed(mail_world: World, openpgp_ca: 
     assert row["crt"] == "../crt/gpg/0/gpg-1.crt"
     assert row["issued"] != "0000-00-00 00:00:00"
     expire = datetime.datetime.strptime(row["expire"], "%Y-%m-%d %H:%M:%S")
-    expected = datetime.datetime.utcnow() + datetime.timedelta(days=366)
+    expected = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) + datetime.timedelta(days=366)
     assert abs((expire - expected).total_seconds()) < 3600
     assert w.crt_path("gpg", 1).read_bytes().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
     yield jobs.when_mails_sent()
