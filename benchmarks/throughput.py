@@ -22,7 +22,8 @@ DNS SANs. Prints per speed:
 - unpaced: the per-request software overhead (median time per request minus
   the median RSA signature time, measured separately with the signer's own
   root key) and the server-side handling time from its log, with and without
-  the RSA signature.
+  the RSA signature; before the runs, the server's two blocking steps timed
+  in this process (issuing, recording in the CA database).
 
 Finally the NUL round trip, unpaced (linksim --baud 0 and socat), median and
 p99 over ``--nul-count``. Targets (issue 6): >= 85 % utilisation at 115200
@@ -115,6 +116,35 @@ def rsa_sign_ms(key_path: Path, rounds: int = 200) -> float:
         key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
+
+
+def server_parts_ms(signer_dir: Path, reactor: Any, offset: int, rounds: int = 50) -> tuple[float, float]:
+    """Median ms of the server's two blocking steps, in this process: issuing
+    (checks, building, RSA signature) and recording in the CA database (an
+    SQLite commit with synchronous=FULL). Uses a copy of the signer's data."""
+    import hashlib
+
+    from signer.server.config import load_and_check
+    from signer.server.service import ServerParts
+
+    copy = signer_dir.parent / "parts-copy"
+    shutil.copytree(signer_dir, copy)
+    config, roots = load_and_check(copy / "signer-server.toml")
+    parts = ServerParts(config, roots, reactor)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issue, record = [], []
+    for index in range(rounds):
+        request = sign_request(offset + index % 20)
+        started = time.perf_counter()
+        issued = parts.authority.issue(request)
+        middle = time.perf_counter()
+        parts.database.record_issued(
+            issued.root, issued.certificate, issued.profile, issued_at=now,
+            request_sha256=hashlib.sha256(request.csr).hexdigest(),
+        )
+        issue.append((middle - started) * 1000)
+        record.append((time.perf_counter() - middle) * 1000)
+    return statistics.median(issue), statistics.median(record)
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -360,6 +390,11 @@ def main() -> int:
     results: list[Any] = []
 
     async def run(reactor: Any) -> None:
+        issue_ms, record_ms = server_parts_ms(signer_dir, reactor, 0)
+        print(
+            f"server steps in-process: issue {issue_ms:.3f} ms median (checks, building, "
+            f"RSA signature), CA database record {record_ms:.3f} ms median (SQLite commit)"
+        )
         offset = 0
         for number, (label, baud, via) in enumerate(plans):
             line = start_line(work, signer_dir, f"run{number}", baud, via)
