@@ -33,7 +33,7 @@ import os
 import random
 import tty
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Protocol
 
 from twisted.internet import fdesc
@@ -50,7 +50,9 @@ __all__ = [
     "LineRelay",
     "LineSettings",
     "PtyEnd",
+    "PtyPair",
     "Schedule",
+    "open_pty",
     "open_pty_end",
     "parse_schedule",
 ]
@@ -784,7 +786,6 @@ class PtyPair:
     slave_keep: int
     path: str
     link: Optional[str] = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
         for fd in (self.master, self.slave_keep):

@@ -23,7 +23,6 @@ from typing import Iterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 
 from signer.linksim import (
