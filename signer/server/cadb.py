@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from cryptography import x509
 
@@ -82,6 +82,9 @@ DROP INDEX IF EXISTS certificates_revoked;  -- early development name
 -- Covers the CRL query: a root's revoked entries in serial order, no table lookups.
 CREATE INDEX IF NOT EXISTS certificates_crl
     ON certificates (root, status, serial, revoked_at, not_after, reason);
+-- Finds the certificate already issued for an identical request (replays).
+CREATE INDEX IF NOT EXISTS certificates_request
+    ON certificates (request_sha256) WHERE request_sha256 IS NOT NULL;
 CREATE TABLE IF NOT EXISTS crls (
     root INTEGER NOT NULL,
     crl_number INTEGER NOT NULL,
@@ -547,8 +550,25 @@ class CADatabase:
                 " FROM certificates WHERE root = ? AND serial = ?",
                 (root, serial_key(serial)),
             ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._record(row)
+
+    def find_by_request(
+        self, root: int, request_sha256: str, issued_since: datetime.datetime
+    ) -> CertificateRecord | None:
+        """The newest valid certificate issued on ``root`` since ``issued_since``
+        for a request with this hash (with its DER), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT root, serial, subject, not_before, not_after, profile, status,"
+                " revoked_at, reason, der, issued_at, request_sha256"
+                " FROM certificates WHERE request_sha256 = ? AND root = ? AND status = 'V'"
+                " AND issued_at >= ? AND der IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
+                (request_sha256, root, epoch(issued_since)),
+            ).fetchone()
+        return None if row is None else self._record(row)
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> CertificateRecord:
         return CertificateRecord(
             root=row[0],
             serial=int(row[1], 16),

@@ -183,6 +183,10 @@ class X509Policy:
     certificate_policies: bool = False
     policy_oid: str = CACERT_POLICY_OID
     cps_url: str = CACERT_CPS_URL
+    #: An identical request arriving again within this time (a client that
+    #: crashed before storing its answer) gets the certificate already issued
+    #: instead of a second one. Zero turns it off.
+    replay_window: datetime.timedelta = datetime.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ class CRLConfig:
 
     lifetime: datetime.timedelta = datetime.timedelta(days=7)
     expired_grace: datetime.timedelta | None = datetime.timedelta(days=90)
+    #: How many CRLs per root are kept to answer with a delta.
+    history: int = 16
 
 
 @dataclass(frozen=True)
@@ -463,8 +469,17 @@ def _load_x509(top: _Table, cps_url: str) -> X509Policy:
     policies = table.boolean("certificate_policies", False)
     policy_oid = table.string("policy_oid", CACERT_POLICY_OID)
     _oid(table, "policy_oid", policy_oid)
+    replay = table.integer("replay_window_minutes", 60, minimum=0, maximum=7 * 24 * 60)
     table.finish()
-    return X509Policy(serials, min_bits, frozenset(weak), policies, policy_oid, cps_url)
+    return X509Policy(
+        serials,
+        min_bits,
+        frozenset(weak),
+        policies,
+        policy_oid,
+        cps_url,
+        datetime.timedelta(minutes=replay),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -609,8 +624,9 @@ def _load_crl(top: _Table) -> CRLConfig:
         if grace_value < 0:
             raise table.error("expired_grace_days", f"must be at least 0, got {grace_value}")
         grace = datetime.timedelta(days=grace_value)
+    history = table.integer("history", 16, minimum=1, maximum=10000)
     table.finish()
-    return CRLConfig(datetime.timedelta(days=lifetime), grace)
+    return CRLConfig(datetime.timedelta(days=lifetime), grace, history)
 
 
 _HEX = set("0123456789abcdefABCDEF")

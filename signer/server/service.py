@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -55,13 +57,35 @@ class X509Signing:
         authority: X509Authority,
         database: CADatabase,
         now: Callable[[], datetime.datetime],
+        replay_window: datetime.timedelta = datetime.timedelta(0),
     ) -> None:
         self._authority = authority
         self._database = database
         self._now = now
+        self._replay_window = replay_window
 
     def __call__(self, request: codec.SignX509Request) -> bytes:
-        """Blocking: sign, record (committed), return the PEM certificate."""
+        """Blocking: sign, record (committed), return the PEM certificate.
+
+        A request identical to one answered within the replay window gets the
+        same certificate again: the client crashed before storing it.
+        """
+        request_hash = hashlib.sha256(codec.encode_request(request)).hexdigest()
+        if self._replay_window:
+            earlier = self._database.find_by_request(
+                request.root, request_hash, self._now() - self._replay_window
+            )
+            if earlier is not None and earlier.der is not None:
+                self.log.warn(
+                    "identical request repeated: answering serial {serial:X} on root {root} "
+                    "issued at {issued_at} again instead of issuing a second certificate",
+                    serial=earlier.serial,
+                    root=earlier.root,
+                    issued_at=earlier.issued_at.isoformat() if earlier.issued_at else "?",
+                )
+                return x509.load_der_x509_certificate(earlier.der).public_bytes(
+                    serialization.Encoding.PEM
+                )
         for _ in range(SERIAL_ATTEMPTS):
             issued = self._authority.issue(request)
             try:
@@ -70,7 +94,7 @@ class X509Signing:
                     issued.certificate,
                     issued.profile,
                     issued_at=self._now(),
-                    request_sha256=hashlib.sha256(request.csr).hexdigest(),
+                    request_sha256=request_hash,
                 )
             except DuplicateSerial:
                 self.log.warn(
@@ -127,14 +151,26 @@ class SerialLineService(Service):
 
     log = Logger()
 
-    def __init__(self, protocol: ServerLinkProtocol, serial: SerialConfig, reactor: Any) -> None:
+    def __init__(
+        self,
+        protocol: ServerLinkProtocol,
+        serial: SerialConfig,
+        reactor: Any,
+        warm_up: Callable[[], "Deferred[None]"] | None = None,
+    ) -> None:
         self.protocol = protocol
+        self.warm_up = warm_up
         self.serial = serial
         self.reactor = reactor
         self.port: Any = None
 
     def startService(self) -> None:  # noqa: N802 (Twisted's name)
         super().startService()
+        if self.warm_up is not None:
+            # Load the revoked entries now rather than on the first revoke request.
+            self.warm_up().addErrback(
+                lambda failure: self.log.failure("loading the revoked entries failed", failure)
+            )
         self.port = open_serial(self.protocol, self.serial, self.reactor)
         self.log.info(
             "serving on {device} at {baud} baud {bits}{parity}{stop}",
@@ -174,12 +210,17 @@ class ServerParts:
             now=now,
             lifetime=config.crl.lifetime,
             grace=config.crl.expired_grace,
+            history=config.crl.history,
+            # Leave room for the frame around field 1.
+            max_answer=config.link.max_frame_length - 1024,
         )
         self.openpgp = _openpgp(config, self.log)
         sync = config.time_sync
         self.time_sync = TimeSync(sync.action, sync.script, now=reactor.seconds)
         operations = Operations(
-            sign_x509=X509Signing(self.authority, self.database, now),
+            sign_x509=X509Signing(
+                self.authority, self.database, now, config.x509.replay_window
+            ),
             revoke=self.revocation.handle,
             sync_time=self.time_sync.handle,
             sign_openpgp=self.openpgp.certify if self.openpgp else None,
@@ -230,7 +271,7 @@ def make_server_service(
     """The whole signing host as one service (what ``twistd signer-server`` runs)."""
     parts, serial = load_server(config_path, reactor, serial_config)
     top = MultiService()
-    line = SerialLineService(parts.protocol, serial, reactor)
+    line = SerialLineService(parts.protocol, serial, reactor, parts.revocation.warm_up)
     line.setServiceParent(top)
     if parts.config.health_listen:
         from signer.health import HealthService
