@@ -720,6 +720,12 @@ class PtyEnd(FileDescriptor):
         """No peer on the slave side: stop polling for a moment (no busy loop)."""
         self.stopReading()
         if self._paused is None or not self._paused.active():
+            self.log.info(
+                "{name}: device not readable ({reason}); retrying in {retry} s",
+                name=self.name,
+                reason=error.strerror if error is not None else "end of file",
+                retry=self._retry,
+            )
             self._paused = self._clock.callLater(self._retry, self._resume)
 
     def _resume(self) -> None:

@@ -137,7 +137,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--json", action="store_true", help="print counters as one JSON object per line"
     )
     run_group.add_argument(
-        "-v", "--verbose", action="store_true", help="log unplug toggles and relay events on stderr"
+        "-v", "--verbose", action="store_true", help="Twisted log events on stderr (a device that could not be read, errors)"
     )
     parser.set_defaults(run=run)
 
