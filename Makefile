@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test venv clean
+.PHONY: test venv clean demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ venv: $(BIN)/python
 
 test: venv
 	$(BIN)/python -m pytest
+
+demo: venv
+	$(BIN)/python -m signer.demo --out demo/out
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
