@@ -40,9 +40,14 @@ and what a restart finds after a crash between them:
 - C..D: the answer is lost with the process: as above.
 - A link failure (timeout, reset) instead of an answer is no crash: the
   journal entry is cleared and the row is retried in the next round without
-  a warning (the signer being away must not use up the rows' attempts). A
-  conversation abandoned on stop (after the stop grace) keeps its entry and
-  counts as a crash.
+  a warning (the signer being away must not use up the rows' attempts),
+  except when the signer ACKed the request and then never answered
+  (:class:`~signer.protocol.link.NoResponse`): that is how a request that
+  crashes the legacy server looks, so it counts a warning. A conversation
+  abandoned on stop (after the stop grace) keeps its entry and counts as a
+  crash.
+- With our server the request asked again after a crash gets the
+  certificate already issued (its replay window), so nothing is issued twice.
 - D..F (file written, row still pending): the restart sees a certificate
   file for a pending row whose public key matches the row's request and
   **completes the row from the file** (serial and notAfter read from it)
@@ -105,7 +110,7 @@ from signer.client.webdb import (
     WebDB,
 )
 from signer.protocol import codec
-from signer.protocol.link import LinkError
+from signer.protocol.link import LinkError, NoResponse
 
 #: ``md`` column -> wire digest id (empty = the CA's default).
 DIGEST_IDS: dict[str, int] = {
@@ -383,6 +388,25 @@ class Jobs:
         report.warned.append((table, row_id))
 
     @inlineCallbacks
+    def _link_failed(self, table: str, row_id: int, error: Exception, report: RoundReport) -> Any:
+        """A signing request got no answer; the caller re-raises ``error``.
+
+        A cancelled conversation (a stop that could not wait) keeps its journal
+        entry: it may have been signed. Any other failure clears it. When the
+        signer took the request but never answered (:class:`NoResponse`), the
+        request may be what crashes it (the legacy server exits on bad input):
+        it is counted against the row, so a poison request cannot block the
+        queue forever.
+        """
+        if isinstance(error, CancelledError):
+            return
+        self.journal.end()
+        if isinstance(error, NoResponse):
+            yield self._warn(
+                table, row_id, f"the signer accepted the request but never answered ({error})", report
+            )
+
+    @inlineCallbacks
     def _recover_journal(self) -> Any:
         entry = self.journal.read()
         if entry is None:
@@ -445,10 +469,7 @@ class Jobs:
         try:
             response = yield self._send(request, report)
         except Exception as error:
-            # The link failed: no answer came. A cancelled conversation (a stop
-            # that could not wait) keeps its journal entry: it may have been signed.
-            if not isinstance(error, CancelledError):
-                self.journal.end()
+            yield self._link_failed("gpg", row.id, error, report)
             raise
         if not response.payload:
             self.journal.end()
@@ -559,10 +580,7 @@ class Jobs:
         try:
             response = yield self._send(request, report)
         except Exception as error:
-            # The link failed: no answer came. A cancelled conversation (a stop
-            # that could not wait) keeps its journal entry: it may have been signed.
-            if not isinstance(error, CancelledError):
-                self.journal.end()
+            yield self._link_failed(table, row.id, error, report)
             raise
         if not response.payload:
             self.journal.end()

@@ -66,6 +66,14 @@ class LinkTimeout(LinkError):
     """The peer did not answer within the configured time."""
 
 
+class NoResponse(LinkTimeout):
+    """The responder acknowledged our request but never started its answer.
+
+    With the legacy server this is what a request that crashes it looks like
+    (it exits without answering), so the client counts it against the row.
+    """
+
+
 class LinkReset(LinkError):
     """The exchange was abandoned: the peer restarted, sent an oversized frame,
     flooded the line, or the caller aborted."""
@@ -583,7 +591,7 @@ def _build_initiator() -> Callable[[_Core], _Inputs]:
     @awaiting_response_start.upon(_Inputs.timer_expired).to(idle)
     def no_response(inputs: _Inputs, core: _Core) -> None:
         core.fail(
-            LinkTimeout(
+            NoResponse(
                 f"no START from the responder within {core.timeouts.response_start:g} s"
             )
         )

@@ -431,3 +431,32 @@ def test_revocation_on_an_unconfigured_root_is_logged_once(world: World) -> None
     assert len(errors) == 1 and errors[0]["rootcert"] == 5
     assert world.signer.of_kind(codec.RevokeRequest) == []
     assert world.db.row("emailcerts", 1)["revoked"] == REVOKE_REQUESTED
+
+
+@pytest_twisted.inlineCallbacks
+def test_request_the_signer_never_answers_counts_a_warning(world: World) -> None:
+    """A request the signer ACKed but never answered (the legacy server dies on
+    bad input) raises the row's warning, so a poison request cannot block the queue."""
+    from twisted.internet.defer import fail
+
+    from signer.protocol.link import NoResponse
+
+    seed_member(world)
+    world.db.add_cert("emailcerts", 1, 10, "/CN=Alice")
+    world.write_csr("client", 1, make_csr("Alice", index=4))
+
+    class Dies:
+        def request(self, message: codec.Request):  # type: ignore[no-untyped-def]
+            if isinstance(message, codec.SignX509Request):
+                return fail(NoResponse("no START from the responder within 120 s"))
+            return world.signer.request(message)
+
+    jobs = world.jobs(requester=Dies())
+    for attempt in range(1, 4):
+        report = yield jobs.run_round()
+        assert report.aborted.startswith("link")
+        assert world.db.row("emailcerts", 1)["warning"] == attempt
+    # At the threshold the row is no longer tried: the round gets past it.
+    report = yield jobs.run_round()
+    assert not report.aborted and report.keepalive
+    assert world.signer.of_kind(codec.SignX509Request) == []
