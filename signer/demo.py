@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -784,6 +784,7 @@ class RunOutcome:
     work_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     interrupted: bool = False
+    idle_seconds: float = 0.0  # kept running by --keep-running (not counted as wall time)
 
 
 def run_daemons(reactor: Any, prepared: Prepared, keep_running: bool, interrupted: Any) -> Any:
@@ -822,10 +823,14 @@ def run_daemons(reactor: Any, prepared: Prepared, keep_running: bool, interrupte
             linksim.start(layout.out)
             ok = yield _wait_until(reactor, lambda: "READY" in linksim.text(), START_TIMEOUT, dead(linksim))
             if not ok:
+                if stopped_by_user():
+                    raise DemoError("interrupted while starting the daemons")
                 raise DemoError(f"signer linksim did not start:\n{linksim.tail()}")
             server.start(layout.out)
             ok = yield _wait_until(reactor, lambda: "serving on" in server.text(), START_TIMEOUT, dead(server))
             if not ok:
+                if stopped_by_user():
+                    raise DemoError("interrupted while starting the daemons")
                 raise DemoError(f"twistd signer-server did not start:\n{server.tail()}")
             started = time.monotonic()
             client.start(layout.out)
@@ -862,7 +867,9 @@ def run_daemons(reactor: Any, prepared: Prepared, keep_running: bool, interrupte
             outcome.work_seconds = time.monotonic() - started
             if keep_running and not stopped_by_user() and not outcome.problems:
                 print(_keep_running_text(layout), flush=True)
+                idle_from = time.monotonic()
                 yield interrupted
+                outcome.idle_seconds = time.monotonic() - idle_from
         finally:
             for daemon in (client, server, linksim):
                 yield _stop(reactor, daemon)
@@ -1158,7 +1165,7 @@ def run_demo(out: Path, keep_running: bool = False, echo: Callable[[str], None] 
         raise DemoError(f"preparing the demo in {out} failed: {error}") from None
     echo("signer demo: starting signer linksim, twistd signer-server and twistd signer-client")
     outcome = run_on_reactor(prepared, keep_running)
-    summary = build_summary(prepared, outcome, time.monotonic() - begun)
+    summary = build_summary(prepared, outcome, time.monotonic() - begun - outcome.idle_seconds)
     prepared.layout.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -1180,6 +1187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DemoError as error:
         print(f"signer demo: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("signer demo: interrupted", file=sys.stderr)
+        return 130
     print(summary_text(summary))
     if summary["interrupted"]:
         return 130
