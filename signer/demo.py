@@ -156,6 +156,10 @@ WEBDB_SCHEMA: tuple[str, ...] = (
     "CREATE INDEX notary_to ON notary (`to`)",
 )
 
+#: The owner column of each certificate table.
+OWNER_COLUMNS = {"emailcerts": "memid", "domaincerts": "domid", "orgemailcerts": "orgid",
+                 "orgdomaincerts": "orgid"}
+
 #: File-name prefix per table (client.md, "File layout").
 PREFIXES = {
     "emailcerts": "client",
@@ -441,6 +445,12 @@ def _when(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _insert(connection: sqlite3.Connection, table: str, columns: dict[str, Any]) -> None:
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    connection.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(columns.values()))
+
+
 def prepare(out: Path) -> Prepared:
     """Start clean in ``out`` and create the CA, the WebDB, request files and configs.
 
@@ -513,25 +523,23 @@ def prepare(out: Path) -> Prepared:
                            (ORG_ID, ORG_ADMIN))
         now = _when(datetime.datetime.now(datetime.timezone.utc))
         for (table, row_id), row in _X509_ROWS.items():
-            owner = {"emailcerts": "memid", "domaincerts": "domid"}.get(table, "orgid")
             job = next(j for j in JOBS if (j.table, j.id) == (table, row_id))
-            connection.execute(
-                f"INSERT INTO {table} (id, {owner}, CN, subject, csr_name, created, md, rootcert) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (row_id, row["owner"], row["cn"], row["subject"], csr_names[(table, row_id)], now,
-                 row["md"], job.rootcert),
-            )
-        connection.execute(
-            "UPDATE emailcerts SET keytype = '', codesign = 0 WHERE id = 2"
-        )
-        connection.execute(
-            "INSERT INTO emailcerts (id, memid, CN, subject, keytype, csr_name, crt_name, created, modified, "
-            "revoked, expire, serial, md, rootcert) VALUES (?, 2, 'bob@example.org', ?, '', ?, ?, ?, ?, ?, ?, ?, "
-            "'sha256', 1)",
-            (revoked_job.id, _REVOKED_SUBJECT, csr_names[("emailcerts", 1)], "../crt/" + revoked_job.relative("crt"),
-             _when(earlier.not_valid_before_utc), _when(earlier.not_valid_before_utc), REVOKE_REQUESTED,
-             _when(earlier.not_valid_after_utc), _serial_hex(earlier)),
-        )
+            columns = {
+                "id": row_id, OWNER_COLUMNS[table]: row["owner"], "CN": row["cn"], "subject": row["subject"],
+                "csr_name": csr_names[(table, row_id)], "created": now, "md": row["md"],
+                "rootcert": job.rootcert,
+            }
+            if table in ("emailcerts", "orgemailcerts"):
+                columns.update(keytype="", codesign=0)  # PKCS#10 ('NS' would mean SPKAC)
+            _insert(connection, table, columns)
+        issued_at = _when(earlier.not_valid_before_utc)
+        _insert(connection, "emailcerts", {
+            "id": revoked_job.id, "memid": 2, "CN": "bob@example.org", "subject": _REVOKED_SUBJECT,
+            "keytype": "", "codesign": 0, "csr_name": csr_names[("emailcerts", 1)],
+            "crt_name": "../crt/" + revoked_job.relative("crt"), "created": issued_at, "modified": issued_at,
+            "revoked": REVOKE_REQUESTED, "expire": _when(earlier.not_valid_after_utc),
+            "serial": _serial_hex(earlier), "md": "sha256", "rootcert": revoked_job.rootcert,
+        })
         connection.execute(
             "INSERT INTO gpg (id, memid, email, csr) VALUES (1, 1, 'anna@example.org', ?)",
             (csr_names[("gpg", 1)],),
