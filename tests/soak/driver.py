@@ -535,7 +535,13 @@ class Soak:
                 linksim.wait()
             linksim_out.close()
             sink.stop()
-        return self._check(rows, db_path, web, signer, server, client, linksim_log, sink, wall, codes)
+        self.db_path, self.web, self.signer, self.sink, self.client = db_path, web, signer, sink, client
+        self._context = (rows, db_path, web, signer, server, client, linksim_log, sink, wall, codes)
+        return self._check(*self._context)
+
+    def recheck(self) -> SoakResult:
+        """Check the outcome of the finished run again (after a test tampered with it)."""
+        return self._check(*self._context)
 
     # -- driving ---------------------------------------------------------------
 
@@ -725,6 +731,7 @@ class Soak:
                 problems.append(f"{label}: its certificate {certificate.serial_number:X} is not in the CA database")
             delivered_serials.add((root, certificate.serial_number))
             if len(mine) > 1:
+                problems.append(f"{label}: {len(mine)} certificates issued for one request row")
                 duplicate_rows.append(label)
                 counts["re-requested rows (>1 certificate issued)"] += 1
                 counts["extra certificates for completed rows"] += len(mine) - 1
@@ -744,6 +751,24 @@ class Soak:
                     counts["mails missing"] += 1
                 elif got > 1:
                     counts["mails duplicated"] += got - 1
+        # one file per completed row, nothing else (a kill -9 inside write_atomic leaves its temp file)
+        crt_files = [p for p in (web / "crt").rglob("*") if p.is_file()] if (web / "crt").exists() else []
+        expected_files = {_request_path(web, r.table, r.id, "crt") for r in rows}
+        counts["certificate/key files"] = sum(1 for p in crt_files if p in expected_files)
+        stray = [p for p in crt_files if p not in expected_files]
+        counts["stray temporary files"] = sum(1 for p in stray if p.name.endswith(".tmp"))
+        if len(stray) != counts["stray temporary files"]:
+            problems.append(f"unexpected files in crt_dir: {[p.name for p in stray if not p.name.endswith('.tmp')][:5]}")
+        if counts["certificate/key files"] != counts["completed"]:
+            problems.append(f"{counts['certificate/key files']} certificate files for {counts['completed']} completed rows")
+        # the client's crash state is clean after a graceful stop
+        state = web / "state"
+        leftovers = [p.name for p in state.rglob("*") if p.is_file()] if state.exists() else []
+        if leftovers:
+            problems.append(f"client state left after the stop: {leftovers[:5]}")
+        # the published CRLs verify and list every revoked serial of their root
+        crl_listed = _crl_problems(rows, webdb, web, signer)
+        problems.extend(crl_listed)
         known_cns = {r.cn for r in rows}
         strangers = sum(len(v) for cn, v in issued.items() if cn not in known_cns)
         orphans = ca_total - len(delivered_serials)
@@ -780,6 +805,8 @@ class Soak:
             "orphans (issued, never delivered)": orphans,
             "re-requested rows (>1 certificate issued)": counts["re-requested rows (>1 certificate issued)"],
             "certificates issued for given-up rows": counts["certificates issued for given-up rows"],
+            "certificate/key files (stray temporary files)":
+                f"{counts['certificate/key files']} ({counts['stray temporary files']})",
             "re-requests answered with the certificate already issued (server replay window)":
                 server_log.count("identical request repeated"),
             "openpgp certifications beyond one per completed row":
@@ -816,6 +843,31 @@ class Soak:
         webdb.close()
         ca.close()
         return result
+
+
+def _crl_problems(rows: list[RowSpec], webdb: sqlite3.Connection, web: Path, signer: Path) -> list[str]:
+    """The client's CRL files verify against their root and list every revoked row's serial."""
+    problems = []
+    crls = {}
+    for rootcert, name in ((1, "revoke.crl"), (2, "class3-revoke.crl")):
+        path = web / "www" / name
+        if not path.exists():
+            continue
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        ca = x509.load_pem_x509_certificate((signer / "roots" / f"root{rootcert - 1}.crt").read_bytes())
+        if not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+            problems.append(f"{name} does not verify against root {rootcert - 1}")
+        crls[rootcert] = crl
+    for row in rows:
+        if row.table == "gpg":
+            continue
+        record = webdb.execute(f"SELECT rootcert, serial, revoked FROM {row.table} WHERE id = ?", (row.id,)).fetchone()
+        if record["revoked"] in (ZERO, REVOKE_REQUESTED):
+            continue
+        crl = crls.get(int(record["rootcert"]))
+        if crl is None or crl.get_revoked_certificate_by_serial_number(int(record["serial"], 16)) is None:
+            problems.append(f"{row.table} {row.id}: revoked but serial {record['serial']} not in the client's CRL")
+    return problems
 
 
 def _warning_reasons(log: str) -> set[str]:

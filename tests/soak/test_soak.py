@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.soak.driver import SoakResult, SoakSettings, run_soak
+import sqlite3
+
+from tests.soak.driver import Soak, SoakResult, SoakSettings, run_soak
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
 
@@ -87,12 +89,45 @@ def test_short_soak(tmp_path: Path) -> None:
         workdir=tmp_path / "soak",
     )
     out = io.StringIO()
-    result = run_soak(settings, out)
+    soak = Soak(settings, out)
+    result = soak.run()
     print(out.getvalue() + result.render())
     check_guarantees(result, settings, out.getvalue())
     assert result.counts["rows seeded"] == 50
     assert int(result.counts["poison rows"]) > 0
     assert _split(result.counts["revocations asked / done"])[0] > 0
+    check_the_checker(soak)
+
+
+def check_the_checker(soak: Soak) -> None:
+    """The checker flags a lost row, a second certificate for one row, a missing mail, a traceback."""
+    webdb = sqlite3.connect(str(soak.db_path), isolation_level=None)
+    row_id, crt_name = webdb.execute(
+        "SELECT id, crt_name FROM emailcerts WHERE crt_name != '' AND revoked = '0000-00-00 00:00:00'"
+        " ORDER BY id LIMIT 1").fetchone()
+    webdb.execute("UPDATE emailcerts SET crt_name = '' WHERE id = ?", (row_id,))
+    assert any(p == f"emailcerts {row_id}: LOST (not completed, warning 0)" for p in soak.recheck().problems)
+    webdb.execute("UPDATE emailcerts SET crt_name = ? WHERE id = ?", (crt_name, row_id))
+    webdb.close()
+    assert soak.recheck().ok
+
+    ca = sqlite3.connect(str(soak.signer / "data" / "ca.sqlite3"), isolation_level=None)
+    ca.execute("CREATE TEMP TABLE copy AS SELECT * FROM certificates LIMIT 1")
+    ca.execute("UPDATE copy SET serial = '00' || substr(serial, 3)")
+    ca.execute("INSERT INTO certificates SELECT * FROM copy")
+    rechecked = soak.recheck()
+    assert any("2 certificates issued for one request row" in p for p in rechecked.problems), rechecked.render()
+    assert rechecked.counts["orphans (issued, never delivered)"] == 1
+    ca.execute("DELETE FROM certificates WHERE serial IN (SELECT serial FROM copy)")
+    ca.close()
+
+    mail = soak.sink.mails.pop(0)
+    assert any("mail" in p for p in soak.recheck().problems)
+    soak.sink.mails.insert(0, mail)
+
+    with soak.client.log.open("a") as log:  # type: ignore[union-attr]
+        log.write("Traceback (most recent call last):\n")
+    assert "client log has 1 'Traceback'" in soak.recheck().problems
 
 
 @pytest.mark.slow
