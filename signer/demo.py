@@ -26,8 +26,8 @@ The exit status is 0 only when everything was signed, revoked, mailed and
 verified. With ``--keep-running`` the daemons stay up afterwards (until
 Ctrl-C) so that more rows can be added to the sqlite WebDB by hand.
 
-The sqlite WebDB schema below mirrors ``tests/support/webdb.py`` (the test
-helper is not part of the installed package).
+The sqlite WebDB is made with the schema shipped in
+:mod:`signer.client.schema`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from signer.client.schema import create_sqlite_webdb
 
 __all__ = [
     "DemoError",
@@ -86,75 +88,6 @@ class DemoError(Exception):
 
 
 # -- the embedded WebDB ---------------------------------------------------------
-
-_X509_COMMON = """
-  serial TEXT NOT NULL DEFAULT '',
-  CN TEXT NOT NULL DEFAULT '',
-  subject TEXT NOT NULL DEFAULT '',
-  csr_name TEXT NOT NULL DEFAULT '',
-  crt_name TEXT NOT NULL DEFAULT '',
-  created TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  modified TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  revoked TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  expire TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  warning INTEGER NOT NULL DEFAULT 0,
-  renewed INTEGER NOT NULL DEFAULT 0,
-  rootcert INTEGER NOT NULL DEFAULT 1,
-  md TEXT NOT NULL DEFAULT 'sha512',
-  type INTEGER DEFAULT NULL,
-  description TEXT NOT NULL DEFAULT ''"""
-
-_OWNER_COLUMNS = {
-    "emailcerts": "memid INTEGER NOT NULL DEFAULT 0, keytype TEXT NOT NULL DEFAULT 'NS', "
-    "codesign INTEGER NOT NULL DEFAULT 0, disablelogin INTEGER NOT NULL DEFAULT 0,",
-    "domaincerts": "domid INTEGER NOT NULL DEFAULT 0,",
-    "orgemailcerts": "orgid INTEGER NOT NULL DEFAULT 0, keytype TEXT NOT NULL DEFAULT 'NS', "
-    "codesign INTEGER NOT NULL DEFAULT 0, ou TEXT NOT NULL DEFAULT '',",
-    "orgdomaincerts": "orgid INTEGER NOT NULL DEFAULT 0, ou TEXT NOT NULL DEFAULT '',",
-}
-
-#: The WebDB tables the client touches, for sqlite (names, defaults and
-#: indexes as in the CAcert web application; types relaxed).
-WEBDB_SCHEMA: tuple[str, ...] = (
-    *(
-        statement
-        for table, extra in _OWNER_COLUMNS.items()
-        for statement in (
-            f"CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {extra}{_X509_COMMON})",
-            f"CREATE INDEX {table}_crt_name ON {table} (crt_name)",
-            f"CREATE INDEX {table}_revoked ON {table} (revoked)",
-        )
-    ),
-    """CREATE TABLE gpg (id INTEGER PRIMARY KEY AUTOINCREMENT,
-  memid INTEGER NOT NULL DEFAULT 0, email TEXT NOT NULL DEFAULT '',
-  level INTEGER NOT NULL DEFAULT 0, multiple INTEGER NOT NULL DEFAULT 0,
-  expires INTEGER NOT NULL DEFAULT 0, csr TEXT NOT NULL DEFAULT '',
-  crt TEXT NOT NULL DEFAULT '', issued TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  expire TEXT NOT NULL DEFAULT '0000-00-00 00:00:00', keyid TEXT DEFAULT NULL,
-  warning INTEGER NOT NULL DEFAULT 0, description TEXT NOT NULL DEFAULT '')""",
-    """CREATE TABLE domains (id INTEGER PRIMARY KEY AUTOINCREMENT,
-  memid INTEGER NOT NULL DEFAULT 0, domain TEXT NOT NULL DEFAULT '',
-  created TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  modified TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  deleted TEXT NOT NULL DEFAULT '0000-00-00 00:00:00')""",
-    """CREATE TABLE org (orgid INTEGER NOT NULL DEFAULT 0, memid INTEGER NOT NULL DEFAULT 0,
-  OU TEXT NOT NULL DEFAULT '', masteracc INTEGER NOT NULL DEFAULT 0, comments TEXT,
-  UNIQUE (orgid, memid))""",
-    """CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT,
-  email TEXT NOT NULL DEFAULT '', password TEXT NOT NULL DEFAULT '',
-  fname TEXT NOT NULL DEFAULT '', mname TEXT NOT NULL DEFAULT '',
-  lname TEXT NOT NULL DEFAULT '', language TEXT NOT NULL DEFAULT '',
-  created TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  modified TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  deleted TEXT NOT NULL DEFAULT '0000-00-00 00:00:00')""",
-    """CREATE TABLE notary (id INTEGER PRIMARY KEY AUTOINCREMENT,
-  `from` INTEGER NOT NULL DEFAULT 0, `to` INTEGER NOT NULL DEFAULT 0,
-  points INTEGER NOT NULL DEFAULT 0, awarded INTEGER NOT NULL DEFAULT 0,
-  method TEXT NOT NULL DEFAULT 'Face to Face Meeting', `date` TEXT NOT NULL DEFAULT '',
-  `when` TEXT NOT NULL DEFAULT '0000-00-00 00:00:00',
-  deleted TEXT NOT NULL DEFAULT '0000-00-00 00:00:00')""",
-    "CREATE INDEX notary_to ON notary (`to`)",
-)
 
 #: The owner column of each certificate table.
 OWNER_COLUMNS = {"emailcerts": "memid", "domaincerts": "domid", "orgemailcerts": "orgid",
@@ -504,10 +437,9 @@ def prepare(out: Path) -> Prepared:
     earlier_path.write_bytes(earlier.public_bytes(serialization.Encoding.PEM))
 
     # the WebDB
+    create_sqlite_webdb(layout.webdb)
     connection = sqlite3.connect(str(layout.webdb))
     try:
-        for statement in WEBDB_SCHEMA:
-            connection.execute(statement)
         for member in MEMBERS:
             connection.execute(
                 "INSERT INTO users (id, email, fname, lname, language) VALUES (?, ?, ?, ?, ?)",
