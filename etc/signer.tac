@@ -11,10 +11,11 @@
 #   SIGNER_ROLE=server SIGNER_CONFIG=/etc/signer/signer-server.toml \
 #       twistd --nodaemon --pidfile= -y /etc/signer/signer.tac
 #
-# Logging: for the server role, `log_format = "json"` in the TOML file makes
-# the log one JSON object per line (signer.logging); "text" keeps twistd's
-# lines. The client role formats its log itself from its [logging] table.
-# twistd's `--logger signer.logging.json_observer` still overrides both.
+# Logging: the role's configured format picks the log observer
+# (signer.logging.observer_for): `log_format = "json"` in the server's TOML,
+# `[logging] format = "json"` in the client's, make the log one JSON object
+# per line; "text" keeps twistd's lines. twistd's
+# `--logger signer.logging.json_observer` still overrides both.
 
 import os
 
@@ -65,10 +66,9 @@ def build(environ=None):
     service.setServiceParent(application)
     parts = getattr(service, "parts", None)
     log_format = getattr(getattr(parts, "config", None), "log_format", "text")
-    if role == "server":
-        from signer.logging import observer_for
+    from signer.logging import observer_for
 
-        application.setComponent(ILogObserver, observer_for(log_format))
+    application.setComponent(ILogObserver, observer_for(log_format))
     return application
 
 

@@ -3,8 +3,9 @@
 :func:`make_client_service` builds a :class:`~twisted.application.service.MultiService`
 from a :class:`~signer.client.config.ClientConfig`:
 
-- :class:`SerialLinkService` opens the serial port with a
-  :class:`~signer.protocol.transport.ClientLinkProtocol` and closes it on stop;
+- :class:`~signer.protocol.service.SerialLineService` opens the serial port
+  with a :class:`~signer.protocol.transport.ClientLinkProtocol` and closes it
+  on stop once everything written (the last ACK) has left;
 - :class:`PollingService` runs :meth:`Jobs.run_round` from a
   :class:`~twisted.internet.task.LoopingCall` on the injected clock. The
   LoopingCall waits for the round's Deferred, so a round never overlaps the
@@ -13,66 +14,69 @@ from a :class:`~signer.client.config.ClientConfig`:
   Deferred is cancelled, which resets the link; the in-flight journal makes
   the next start count it as a failed attempt);
 - :class:`WebDBService` closes the connection pool last;
-- :class:`HealthService` (optional) serves ``GET /`` as JSON: link state, last
+- :class:`~signer.health.HealthService` (optional, ``[health] address``)
+  serves ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus) with the
+  figures of :class:`~signer.client.health.ClientHealth`: link state, last
   successful round trip, rounds, pending rows per table, CRL age per root.
+
+The log format is not chosen here: twistd's ``--logger`` (e.g.
+``signer.logging.json_observer``) or, with ``etc/signer.tac``, ``[logging]
+format`` through :func:`signer.logging.observer_for`.
 
 With a ``[wakeup]`` source configured, the polling service drives a
 :class:`~signer.client.wakeup_trigger.WakeupTrigger` (same interface as the
 jobs) every ``fallback_interval`` seconds and a
 :class:`~signer.client.wakeup_trigger.WakeupService` runs the source.
 
-Services stop in reverse order of start: health, wake-up, polling (waits for
-the round and the mails in flight), serial line, database.
+Services stop one after another (:class:`OrderedMultiService`), in reverse
+order of start: health, wake-up, polling (waits for the round and the mails in
+flight), serial line (after its last bytes left), database.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import Logger
 
 from signer.client.config import ClientConfig
 from signer.client.crlinstall import CrlInstaller
+from signer.client.health import ClientHealth
 from signer.client.jobs import Jobs
 from signer.client.mailer import MailRenderer, SMTPSender
 from signer.client.webdb import WebDB
 from signer.protocol.link import LinkTimeouts
+from signer.health import HealthService
 from signer.protocol.serialconfig import SerialConfig
-from signer.protocol.transport import ClientLinkProtocol, open_serial
+from signer.protocol.service import OPENED_CLIENT, SerialLineService
+from signer.protocol.transport import ClientLinkProtocol
 
 #: Seconds a stopping client waits for the conversation in flight.
 DEFAULT_STOP_GRACE = 30.0
 
 
-class SerialLinkService(Service):
-    """Opens the serial line on start, closes it on stop."""
+class OrderedMultiService(MultiService):
+    """A MultiService whose children stop one after another, the last started first.
+
+    Twisted's ``MultiService`` stops all children at once; the client needs
+    the polling service to finish the conversation in flight before the
+    serial line closes and the WebDB pool goes away.
+    """
 
     log = Logger()
 
-    def __init__(self, protocol: ClientLinkProtocol, serial: SerialConfig, reactor: Any) -> None:
-        self.protocol = protocol
-        self.serial = serial
-        self.reactor = reactor
-        self.port: Any = None
-
-    def startService(self) -> None:  # noqa: N802 (Twisted's name)
-        super().startService()
-        self.port = open_serial(self.protocol, self.serial, self.reactor)
-        self.log.info("Serial line open: {line}", line=self.serial.describe())
-
-    def stopService(self) -> Deferred[None] | None:  # noqa: N802
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            port.loseConnection()
-            self.log.info("Serial line closed")
-        return None
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802 (Twisted's name)
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield maybeDeferred(service.stopService)
+            except Exception:
+                self.log.failure("stopping {service} failed", service=type(service).__name__)
 
 
 class PollingService(Service):
@@ -160,52 +164,6 @@ class WebDBService(Service):
         self.webdb.close()
 
 
-class HealthService(Service):
-    """A small JSON page on a Twisted endpoint (``tcp:8078:interface=127.0.0.1``)."""
-
-    log = Logger()
-
-    def __init__(self, address: str, reactor: Any, client: "ClientParts") -> None:
-        self.address = address
-        self.reactor = reactor
-        self.client = client
-        self._listening: Any = None
-
-    def startService(self) -> None:  # noqa: N802
-        from twisted.internet.endpoints import serverFromString
-        from twisted.web.resource import Resource
-        from twisted.web.server import NOT_DONE_YET, Site
-
-        client = self.client
-
-        class Page(Resource):
-            isLeaf = True
-
-            def render_GET(self, request: Any) -> Any:  # noqa: N802
-                def write(body: dict[str, Any]) -> None:
-                    request.setHeader(b"content-type", b"application/json")
-                    request.write(json.dumps(body, indent=1, default=str).encode())
-                    request.finish()
-
-                client.health().addCallback(write)
-                return NOT_DONE_YET
-
-        super().startService()
-        endpoint = serverFromString(self.reactor, self.address)
-        d = endpoint.listen(Site(Page()))
-
-        def listening(port: Any) -> None:
-            self._listening = port
-            self.log.info("Health page on {address}", address=self.address)
-
-        d.addCallbacks(listening, lambda f: self.log.error("Health page not started: {e}", e=f.getErrorMessage()))
-
-    def stopService(self) -> Deferred[Any] | None:  # noqa: N802
-        super().stopService()
-        port, self._listening = self._listening, None
-        return port.stopListening() if port is not None else None
-
-
 class ClientParts:
     """The client's objects, wired (for the service and for tests)."""
 
@@ -239,45 +197,6 @@ class ClientParts:
             sender=SMTPSender(config.mail, reactor),
         )
 
-    def health(self) -> Deferred[dict[str, Any]]:
-        """The health facts (pending counts need the database)."""
-        now = self.reactor.seconds()
-        last_success = getattr(self.protocol, "last_success", None)
-        body: dict[str, Any] = {
-            "link_state": str(getattr(self.protocol, "link_state", "unknown")),
-            "seconds_since_last_round_trip": None if last_success is None else round(now - last_success, 1),
-            "rounds": self.jobs.rounds,
-            "last_round_aborted": self.jobs.last_round.aborted if self.jobs.last_round else None,
-            "wakeup": self.wakeup.health() if self.wakeup is not None else None,
-            "crl_age_seconds": {
-                str(root): None if at is None else round(now - at, 1) for root, at in self.jobs.crl_age.items()
-            },
-        }
-        d = self.webdb.pending_counts(self.config.polling.warning_threshold)
-
-        def add(counts: dict[str, int]) -> dict[str, Any]:
-            body["pending"] = counts
-            return body
-
-        def failed(failure: Any) -> dict[str, Any]:
-            body["pending"] = f"database error: {failure.getErrorMessage()}"
-            return body
-
-        return d.addCallbacks(add, failed)
-
-
-class _JsonLogService(Service):
-    """Adds a JSON-lines observer on standard error while running."""
-
-    def startService(self) -> None:  # noqa: N802
-        super().startService()
-        self.observer = jsonFileLogObserver(sys.stderr)
-        globalLogPublisher.addObserver(self.observer)
-
-    def stopService(self) -> None:  # noqa: N802
-        super().stopService()
-        globalLogPublisher.removeObserver(self.observer)
-
 
 def make_client_service(
     config: ClientConfig,
@@ -293,15 +212,13 @@ def make_client_service(
     """
     log = Logger()
     parts = ClientParts(config, serial, reactor, requester)
-    top = MultiService()
+    top = OrderedMultiService()
     top.setName("signer-client")
     top.parts = parts  # type: ignore[attr-defined]
-    if config.log_format == "json":
-        _JsonLogService().setServiceParent(top)
     WebDBService(parts.webdb, config.polling.warning_threshold).setServiceParent(top)
     if requester is None:
         assert serial is not None
-        SerialLinkService(parts.protocol, serial, reactor).setServiceParent(top)
+        SerialLineService(parts.protocol, serial, reactor, opened=OPENED_CLIENT).setServiceParent(top)
     wakeup = config.wakeup
     if wakeup is not None and wakeup.source != "off":
         from signer.client.wakeup_trigger import WakeupService, WakeupTrigger
@@ -313,7 +230,7 @@ def make_client_service(
     else:
         PollingService(parts.jobs, config.polling.interval, reactor, stop_grace).setServiceParent(top)
     if config.health_address:
-        HealthService(config.health_address, reactor, parts).setServiceParent(top)
+        HealthService(config.health_address, ClientHealth(parts), reactor).setServiceParent(top)
     log.info(
         "signer-client configured from {source}: roots {roots}, polling every {interval} s, "
         "crt_name prefix {prefix}",

@@ -5,7 +5,8 @@ configuration (keys must match their certificates, key files must be
 private), builds the X.509 authority, the CA database, the revocation service,
 the OpenPGP certifier and the time sync, puts the dispatcher behind a
 :class:`~signer.protocol.transport.ServerLinkProtocol` and opens the serial
-line when the service starts.
+line (:class:`~signer.protocol.service.SerialLineService`) when the service
+starts.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from signer.protocol.link import LinkTimeouts
 from signer.protocol.serialconfig import SerialConfig, load_serial_config
-from signer.protocol.transport import ServerLinkProtocol, open_serial
+from signer.protocol.service import OPENED_SERVER, SerialLineService
+from signer.protocol.transport import ServerLinkProtocol
 from signer.server.cadb import CADatabase, DuplicateSerial
 from signer.server.config import ConfigError, LoadedRoot, ServerConfig, load_and_check
 from signer.server.dispatcher import Dispatcher, Operations
@@ -146,46 +148,25 @@ def _openpgp(config: ServerConfig, log: Logger) -> OpenPGPCertifier | None:
     return certifier
 
 
-class SerialLineService(Service):
-    """Opens the serial line on start and closes it on stop."""
+class ServerService(MultiService):
+    """The signing host's services; loads the revoked entries before its children start.
+
+    The revocation service's ``warm_up`` reads the revoked entries now rather
+    than on the first revoke request; a failure is logged, not fatal (the
+    first revoke request tries again).
+    """
 
     log = Logger()
 
-    def __init__(
-        self,
-        protocol: ServerLinkProtocol,
-        serial: SerialConfig,
-        reactor: Any,
-        warm_up: Callable[[], "Deferred[None]"] | None = None,
-    ) -> None:
-        self.protocol = protocol
-        self.warm_up = warm_up
-        self.serial = serial
-        self.reactor = reactor
-        self.port: Any = None
+    def __init__(self, parts: "ServerParts") -> None:
+        super().__init__()
+        self.parts = parts
 
     def startService(self) -> None:  # noqa: N802 (Twisted's name)
-        super().startService()
-        if self.warm_up is not None:
-            # Load the revoked entries now rather than on the first revoke request.
-            self.warm_up().addErrback(
-                lambda failure: self.log.failure("loading the revoked entries failed", failure)
-            )
-        self.port = open_serial(self.protocol, self.serial, self.reactor)
-        self.log.info(
-            "serving on {device} at {baud} baud {bits}{parity}{stop}",
-            device=self.serial.device,
-            baud=self.serial.baudrate,
-            bits=self.serial.bytesize,
-            parity=self.serial.parity,
-            stop=self.serial.stopbits,
+        self.parts.revocation.warm_up().addErrback(
+            lambda failure: self.log.failure("loading the revoked entries failed", failure)
         )
-
-    def stopService(self) -> "Deferred[None] | None":  # noqa: N802
-        super().stopService()
-        if self.port is None:
-            return None
-        return self.protocol.close()
+        super().startService()
 
 
 class ServerParts:
@@ -270,13 +251,11 @@ def make_server_service(
 ) -> IService:
     """The whole signing host as one service (what ``twistd signer-server`` runs)."""
     parts, serial = load_server(config_path, reactor, serial_config)
-    top = MultiService()
-    line = SerialLineService(parts.protocol, serial, reactor, parts.revocation.warm_up)
-    line.setServiceParent(top)
+    top = ServerService(parts)
+    SerialLineService(parts.protocol, serial, reactor, opened=OPENED_SERVER).setServiceParent(top)
     if parts.config.health_listen:
         from signer.health import HealthService
         from signer.server.health import ServerHealth
 
         HealthService(parts.config.health_listen, ServerHealth.from_parts(parts), reactor).setServiceParent(top)
-    top.parts = parts  # type: ignore[attr-defined]
     return top

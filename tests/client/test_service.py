@@ -179,3 +179,53 @@ def test_service_over_a_real_pty_pair(world: World, backend: str) -> None:
     assert revocations[0].certificate == world.crt_path("server", 1).read_bytes()
     parts = service.parts  # type: ignore[attr-defined]
     assert parts.protocol.last_success is not None
+
+
+@implementer(IRequestHandler)
+class HeldHandler:
+    """The server side of the pty: answers with the fake signer only when told to."""
+
+    def __init__(self, signer: Any) -> None:
+        self.signer = signer
+        self.held: list[tuple[codec.Request, Deferred[codec.Response]]] = []
+
+    def handle(self, request: codec.Request) -> Deferred[codec.Response]:
+        d: Deferred[codec.Response] = Deferred()
+        self.held.append((request, d))
+        return d
+
+    def release(self) -> None:
+        request, d = self.held.pop(0)
+        self.signer.request(request).chainDeferred(d)
+
+
+@pytest.mark.skipif(not socat_available(), reason="socat is not installed")
+@pytest_twisted.inlineCallbacks
+def test_stop_keeps_line_and_database_until_the_round_is_done(world: World) -> None:
+    """Stopping the whole client (SIGTERM) while the signer is still computing: the
+    serial line and the WebDB stay open until the polling service is done, so the
+    late answer is received, ACKed and stored; then the line closes."""
+    world.db.add_user(10, "a@example.org", "Ann")
+    world.db.add_cert("emailcerts", 1, 10, "/CN=Ann")
+    world.write_csr("client", 1, make_csr("Ann", index=4))
+    handler = HeldHandler(world.signer)
+    with pty_pair() as pair:
+        server = ServerLinkProtocol(handler, reactor)
+        server_port = open_serial(server, SerialConfig(pair.b), reactor)
+        service = make_client_service(world.config, SerialConfig(pair.a), reactor)
+        parts = service.parts  # type: ignore[attr-defined]
+        service.startService()
+        try:
+            yield wait_until(lambda: len(handler.held) == 1, timeout=20)
+            assert isinstance(handler.held[0][0], codec.SignX509Request)
+            stopped = service.stopService()
+            yield deferLater(reactor, 0.2, lambda: None)
+            assert not stopped.called and parts.protocol.transport.connected
+            handler.release()
+            yield stopped
+        finally:
+            server_port.loseConnection()
+    assert world.db.row("emailcerts", 1)["crt_name"] != ""
+    assert world.crt_path("client", 1).exists()
+    assert server.requests_served == 1  # the client ACKed the answer before the line closed
+    assert not parts.protocol.transport.connected

@@ -1,4 +1,8 @@
-"""`twistd signer-client`: options, makeService, health page, startup errors."""
+"""`twistd signer-client`: options, makeService, health pages, log format, startup errors.
+
+The last test runs a real ``twistd signer-client`` over a socat pty pair
+against the scripted responder and reads its health pages and its JSON log.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from twisted.internet import reactor
 from twisted.python import usage
 
 from signer import _tap_client
-from signer.client.service import HealthService, PollingService, SerialLinkService, WebDBService, make_client_service
+from signer.client.service import PollingService, WebDBService, make_client_service
+from signer.health import HealthService
+from signer.protocol.service import SerialLineService
 from tests.client.conftest import World
 
 BIN = Path(sys.executable).parent
@@ -63,7 +69,9 @@ def test_make_service_wires_the_services(tmp_path: Path) -> None:
     service = _tap_client.makeService(options)
     assert IServiceCollection.providedBy(service)
     kinds = [type(child) for child in service]  # type: ignore[attr-defined]
-    assert kinds == [WebDBService, SerialLinkService, PollingService]
+    assert kinds == [WebDBService, SerialLineService, PollingService]
+    line = list(service)[1]  # type: ignore[call-overload]
+    assert line.serial.device == "/dev/ttyS99" and line.protocol is service.parts.protocol  # type: ignore[attr-defined]
     service.parts.webdb.close()  # type: ignore[attr-defined]
 
 
@@ -74,47 +82,94 @@ def test_twistd_lists_the_plugin() -> None:
     assert "--config" in result.stdout and "--serial-config" in result.stdout
 
 
+@pytest.mark.filterwarnings("ignore:Using readBody with a transport:DeprecationWarning")
 @pytest_twisted.inlineCallbacks
-def test_health_page(world: World) -> None:
-    """The health page answers JSON with rounds, link state and pending rows per table."""
+def test_health_pages(world: World) -> None:
+    """[health] address serves the shared pages: /health (JSON with rounds, link,
+    pending rows per table) and /metrics (Prometheus) with the pending gauge."""
+    from prometheus_client.parser import text_string_to_metric_families
     from twisted.web.client import Agent, readBody
 
-    world.db.add_cert("emailcerts", 1, 10, "/CN=pending")
-    config = dataclasses.replace(world.config, health_address="tcp:0:interface=127.0.0.1")
+    world.db.add_cert("emailcerts", 1, 10, "/CN=pending", warning=3)  # over the threshold: not pending
+    world.db.add_cert("domaincerts", 2, 10, "/CN=pending", warning=3)
+    config = dataclasses.replace(world.config, health_address="tcp:0")
     service = make_client_service(config, None, reactor, requester=world.signer)
     service.startService()
     try:
         health = [child for child in service if isinstance(child, HealthService)][0]  # type: ignore[attr-defined]
-        from tests.client.test_service import wait_until
-
-        yield wait_until(lambda: health._listening is not None)
-        port = health._listening.getHost().port
-        response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/".encode())
+        port = yield health.when_listening()
+        address = port.getHost()
+        assert address.host == "127.0.0.1"  # loopback unless an interface is named
+        base = f"http://127.0.0.1:{address.port}"
+        response = yield Agent(reactor).request(b"GET", f"{base}/health".encode())
+        assert response.code == 200
         body = json.loads((yield readBody(response)))
+        world.db.execute("UPDATE emailcerts SET warning = 0 WHERE id = 1")  # pending now
+        response = yield Agent(reactor).request(b"GET", f"{base}/metrics".encode())
+        assert response.code == 200
+        text = (yield readBody(response)).decode()
     finally:
         yield service.stopService()
-    assert body["pending"]["emailcerts"] in (0, 1)
-    assert set(body) >= {"link_state", "rounds", "seconds_since_last_round_trip", "crl_age_seconds", "pending"}
+    assert body["role"] == "client"
+    assert body["pending"]["emailcerts"] == 0 and body["pending"]["gpg"] == 0
+    assert body["link"]["state"] == "unknown"  # the fake signer stands in for the link
+    assert set(body) >= {"rounds", "last_round_aborted", "crl", "wakeup", "status", "problems"}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("signer_pending_requests", (("table", "emailcerts"),))] == 1  # read at the request
+    assert samples[("signer_pending_requests", (("table", "domaincerts"),))] == 0
+    assert samples[("signer_webdb_readable", ())] == 1
 
 
-def test_json_log_format_writes_json_lines(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    """log_format = "json" adds a JSON-lines observer on stderr while the service runs."""
+@pytest_twisted.inlineCallbacks
+def test_service_adds_no_log_observer(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """[logging] format = "json" no longer makes the service add an observer of its
+    own (that logged every event twice under twistd): while the service runs,
+    an event reaches neither standard output nor standard error through it."""
     from twisted.logger import Logger
-
-    from signer.client.service import _JsonLogService
 
     config = dataclasses.replace(world.config, log_format="json")
     service = make_client_service(config, None, reactor, requester=world.signer)
-    json_services = [child for child in service if isinstance(child, _JsonLogService)]  # type: ignore[attr-defined]
-    assert len(json_services) == 1
-    json_services[0].startService()
+    assert [type(child) for child in service] == [WebDBService, PollingService]  # type: ignore[attr-defined]
+    service.startService()
     try:
         Logger(namespace="signer.test").info("hello {who}", who="json")
     finally:
-        json_services[0].stopService()
-        service.parts.webdb.close()  # type: ignore[attr-defined]
-    lines = [line.strip("\x1e") for line in capsys.readouterr().err.splitlines() if "hello" in line]
-    assert lines and json.loads(lines[-1])["who"] == "json"
+        yield service.stopService()
+    captured = capsys.readouterr()
+    assert "hello" not in captured.out and "hello" not in captured.err
+
+
+def test_tac_applies_the_client_log_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etc/signer.tac with SIGNER_ROLE=client: [logging] format = "json" makes the
+    application's log observer write one JSON object per event."""
+    from twisted.application.service import IService, loadApplication
+    from twisted.logger import ILogObserver, LogLevel, LogPublisher, Logger
+
+    serial = tmp_path / "serial.conf"
+    serial.write_text('[serial]\ndevice = "/dev/ttyS99"\n')
+    config = write_config(tmp_path, str(serial))
+    config.write_text(config.read_text() + '[logging]\nformat = "json"\n')
+    log = tmp_path / "out.log"
+    for name in ("SIGNER_SERIAL_CONFIG", "SIGNER_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SIGNER_ROLE", "client")
+    monkeypatch.setenv("SIGNER_CONFIG", str(config))
+    monkeypatch.setenv("SIGNER_LOG_FILE", str(log))
+    application = loadApplication(str(Path(__file__).resolve().parents[2] / "etc" / "signer.tac"), "python")
+    (service,) = list(IService(application))  # type: ignore[call-overload]
+    try:
+        assert service.parts.config.log_format == "json"
+        observer = application.getComponent(ILogObserver)
+        Logger(namespace="tac", observer=LogPublisher(observer)).emit(LogLevel.info, "hello {who}", who="ops")
+    finally:
+        service.parts.webdb.close()
+    (line,) = log.read_text().splitlines()
+    record = json.loads(line)
+    assert record["message"] == "hello ops" and record["who"] == "ops"
 
 
 def test_wakeup_table_switches_polling_to_the_trigger(world: World) -> None:

@@ -503,13 +503,15 @@ def test_client_keeps_working_while_the_broker_is_down(world: World, private_red
 def test_whole_client_service_wakes_and_reports_on_its_health_page(
     world: World, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """make_client_service with [wakeup]: a message signs the row at once; GET / shows the wake-up state."""
+    """make_client_service with [wakeup]: a message signs the row at once; GET /health shows
+    the wake-up state and /metrics its gauges."""
     import dataclasses
     import json
 
     from twisted.internet.threads import deferToThread
 
-    from signer.client.service import HealthService, make_client_service
+    from signer.client.service import make_client_service
+    from signer.health import HealthService
 
     members(world)
     config = dataclasses.replace(
@@ -524,22 +526,25 @@ def test_whole_client_service_wakes_and_reports_on_its_health_page(
         publish_for(config.wakeup, b"orgemailcerts 6")
         yield wait_until(lambda: world.db.row("orgemailcerts", 6)["crt_name"] != "", timeout=1.0)
         health_service = [c for c in service if isinstance(c, HealthService)][0]  # type: ignore[attr-defined]
-        yield wait_until(lambda: health_service._listening is not None)
-        port = health_service._listening.getHost().port
+        listening = yield health_service.when_listening()
+        port = listening.getHost().port
 
-        def fetch() -> dict[str, Any]:
+        def fetch(page: str) -> bytes:
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-                return json.loads(answer.read())  # type: ignore[no-any-return]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=5) as answer:
+                return answer.read()  # type: ignore[no-any-return]
 
         yield wait_until(lambda: not parts.wakeup.trigger.busy())
-        body = yield deferToThread(fetch)
+        body = json.loads((yield deferToThread(fetch, "health")))
+        metrics = (yield deferToThread(fetch, "metrics")).decode()
         wakeup = body["wakeup"]
         assert wakeup["source"] == kind and wakeup["connected"] is True
         assert wakeup["messages"] == 1 and wakeup["wakes"] == 1 and wakeup["reconnects"] == 0
         assert wakeup["fallback_interval"] == 60.0
         assert wakeup["last_job"]["kinds"] == ["orgemailcerts"] and wakeup["last_job"]["signed"] == 1
         assert parts.jobs.rounds == 1  # the polling round did not run again
+        assert f'signer_wakeup_connected{{source="{kind}"}} 1.0' in metrics
+        assert "signer_wakeup_messages_total 1.0" in metrics and "signer_polling_rounds_total 1.0" in metrics
     finally:
         yield service.stopService()
