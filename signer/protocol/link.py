@@ -8,12 +8,15 @@ Two roles speak over one half-duplex line:
   response frame and ``ACK`` (or ``NAK``) it;
 - the **responder** (the signing host): the mirror image.
 
-The machines do no I/O. Every input (bytes from the line, the expiry of the
-single timer, a frame to send, an abort) returns a list of *actions* for the
-adapter to carry out in order: :class:`Write`, :class:`SetTimer`,
-:class:`CancelTimer`, :class:`Deliver`, :class:`Sent`, :class:`Failed` and
-:class:`Notice` (a log event). Each machine owns at most one timer at a time,
-so :class:`SetTimer` replaces whatever timer ran before.
+The machines do no I/O. Every input (bytes from the line, the expiry of a
+timer, a frame to send, an abort) returns a list of *actions* for the adapter
+to carry out in order: :class:`Write`, :class:`SetTimer`, :class:`CancelTimer`,
+:class:`SetDeadline`, :class:`CancelDeadline`, :class:`Deliver`,
+:class:`Sent`, :class:`Failed` and :class:`Notice` (a log event). Each machine
+owns two timers: the *wait* timer (:class:`SetTimer` replaces whatever wait
+ran before) and, while a frame comes in, the *frame deadline*
+(:class:`SetDeadline`, tagged with a generation so that a stale expiry is
+recognised and ignored).
 
 They are built with Automat's ``TypeMachineBuilder``; the state diagram is in
 ``docs/state-machines/link.md``. Bytes are consumed state by state: in a state
@@ -27,6 +30,13 @@ Recovery rules, the same for both roles:
 
 - every wait has a timeout (:class:`LinkTimeouts`); on expiry the machine
   reports :class:`Failed` and returns to idle;
+- an incoming frame must also keep up an average rate: from the ``ACK`` (or
+  ``NAK``) that invites it, it may take ``frame_byte`` seconds plus
+  ``1 / min_rate`` seconds for every byte that actually arrived. Bytes
+  trickling in (a retried ``START`` every few seconds into a frame whose
+  length prefix was damaged upwards) earn a millisecond each and cannot keep
+  the receiver waiting; a long frame at line speed earns far more than it
+  needs. See :func:`_frame_allowance`;
 - a damaged frame (:class:`~signer.protocol.codec.FrameError`) is answered with
   ``NAK`` once the line has been quiet for ``resync_quiet`` seconds (so the tail
   of a frame whose length prefix was damaged is not taken for the resend);
@@ -111,6 +121,12 @@ class LinkTimeouts:
         before we answer ``NAK``.
     :ivar max_resends: how many times one frame is sent again after a ``NAK``
         (and how many ``NAK``\\ s we send for one incoming frame).
+    :ivar min_rate: the slowest average rate, in bytes per second, at which an
+        incoming frame is still waited for: a frame (with the damaged tail
+        drained after it) must be complete within ``frame_byte + n / min_rate``
+        seconds of its ``ACK``/``NAK``, ``n`` being the bytes received so far.
+        The default 500 is half of what 9600 baud carries (960 B/s); 115200
+        baud carries 11,520 B/s, the legacy server's throttled writes ~1,700.
     """
 
     start_ack: float = 20.0
@@ -119,9 +135,17 @@ class LinkTimeouts:
     frame_byte: float = 5.0
     resync_quiet: float = 0.1
     max_resends: int = 5
+    min_rate: float = 500.0
 
     def __post_init__(self) -> None:
-        for name in ("start_ack", "frame_ack", "response_start", "frame_byte", "resync_quiet"):
+        for name in (
+            "start_ack",
+            "frame_ack",
+            "response_start",
+            "frame_byte",
+            "resync_quiet",
+            "min_rate",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"LinkTimeouts.{name} must be a positive number, not {value!r}")
@@ -173,6 +197,20 @@ class CancelTimer:
 
 
 @dataclass(frozen=True)
+class SetDeadline:
+    """(Re)start the frame deadline, a second timer independent of the wait
+    timer; when it fires call ``deadline_expired(generation)``."""
+
+    seconds: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class CancelDeadline:
+    """Stop the frame deadline if it runs."""
+
+
+@dataclass(frozen=True)
 class Deliver:
     """An intact frame arrived (already ACKed): its inner strings, header first.
 
@@ -208,7 +246,9 @@ class Notice:
     fields: Mapping[str, object]
 
 
-Action = Union[Write, SetTimer, CancelTimer, Deliver, Sent, Failed, Notice]
+Action = Union[
+    Write, SetTimer, CancelTimer, SetDeadline, CancelDeadline, Deliver, Sent, Failed, Notice
+]
 
 
 # -- the machine core ----------------------------------------------------------
@@ -242,6 +282,12 @@ class _Inputs(Protocol):
     def timer_expired(self) -> None:
         "The timer set last has fired."
 
+    def deadline_expired(self) -> None:
+        "The frame deadline set last has fired."
+
+    def too_late(self, error: LinkError) -> None:
+        "The frame deadline has passed and the frame has not earned more time."
+
     def abort(self, error: LinkError) -> None:
         "Give up the exchange in flight now."
 
@@ -266,6 +312,14 @@ class _Core:
     drained: int = 0
     exchange: int = 0
     in_flight: bool = False
+    # the frame deadline: bytes received since the ACK/NAK that invited the
+    # frame, seconds covered by deadline timers that already fired, the
+    # length of the one running now, its generation, whether it runs
+    frame_bytes: int = 0
+    deadline_spent: float = 0.0
+    deadline_armed: float = 0.0
+    deadline_generation: int = 0
+    deadline_running: bool = False
 
     # helpers used by the transitions
 
@@ -314,6 +368,63 @@ class _Core:
         self.buffer.clear()
         self.naks = 0
         self.set_timer(self.timeouts.frame_byte)
+        self.start_deadline()
+
+    def start_deadline(self) -> None:
+        """Begin the deadline of a frame we just invited (ACK or NAK)."""
+        self.frame_bytes = 0
+        self.deadline_spent = 0.0
+        self.arm_deadline(_frame_allowance(self, 0))
+
+    def arm_deadline(self, seconds: float) -> None:
+        self.deadline_generation += 1
+        self.deadline_armed = seconds
+        self.deadline_running = True
+        self.actions.append(SetDeadline(seconds, self.deadline_generation))
+
+    def stop_deadline(self) -> None:
+        """End the frame deadline (the frame is in, or the exchange is over)."""
+        if self.deadline_running:
+            self.deadline_running = False
+            self.deadline_generation += 1
+            self.actions.append(CancelDeadline())
+
+    def deadline_slack(self) -> float:
+        """The deadline fired: the seconds the bytes received since have
+        earned beyond the time already spent (<= 0: the frame is too late)."""
+        self.deadline_running = False
+        self.deadline_spent += self.deadline_armed
+        self.deadline_armed = 0.0
+        return _frame_allowance(self, self.frame_bytes) - self.deadline_spent
+
+
+#: The shortest re-arm of the frame deadline (seconds, at most ``frame_byte``):
+#: a frame that earns its time in small steps is checked again after this,
+#: not after every millisecond it earned.
+DEADLINE_STEP = 1.0
+
+
+def _frame_allowance(core: _Core, received: int) -> float:
+    """Seconds an incoming frame may take once ``received`` bytes are in.
+
+    ``frame_byte + min(received, largest frame) / min_rate``: the silence
+    allowance for the first byte plus the time the bytes actually received
+    need at ``min_rate``. Counting the bytes that arrived rather than the
+    length the prefix declares is deliberate. A length prefix with a flipped
+    high bit can declare megabytes (at most ``max_frame_length``; a larger
+    one is refused at once): a deadline of ``declared / min_rate`` would keep
+    the line wedged for over an hour while the peer retries its ``START``,
+    whereas here those lone bytes earn a few milliseconds and the frame fails
+    ``frame_byte`` (plus at most :data:`DEADLINE_STEP`) seconds after its
+    invitation. A genuine 8 MiB CRL at 115200 baud (~730 s) or from the
+    legacy server (~1.7 kB/s, ~80 min) earns its time as it arrives. The
+    price: a sender must average ``min_rate`` after the first ``frame_byte``
+    seconds (configure a lower ``min_rate`` on a slower line), and a peer
+    flooding the line at ``min_rate`` or more keeps one frame alive for at
+    most ``frame_byte + largest frame / min_rate`` seconds.
+    """
+    cap = codec.frame_size(core.max_frame_length)
+    return core.timeouts.frame_byte + min(received, cap) / core.timeouts.min_rate
 
 
 _ACK_ONLY = re.compile(re.escape(ACK_BYTE))
@@ -395,6 +506,7 @@ def _register_common(
         @state.upon(_Inputs.abort).to(idle)
         def abort(inputs: _Inputs, core: _Core, error: LinkError) -> None:
             core.cancel_timer()
+            core.stop_deadline()
             core.fail(error)
 
         @state.upon(_Inputs.drop).to(flushing)
@@ -412,9 +524,19 @@ def _register_common(
     def stale_timer(inputs: _Inputs, core: _Core) -> None:
         pass
 
+    # the frame deadline runs in receiving, resyncing and flushing only; a
+    # stale expiry anywhere else changes nothing
+    for name, state in states.items():
+        if name not in ("receiving", "resyncing", "flushing"):
+
+            @state.upon(_Inputs.deadline_expired).loop()
+            def stale_deadline(inputs: _Inputs, core: _Core) -> None:
+                pass
+
     # receiving a frame
     @receiving.upon(_Inputs.bytes_in).loop()
     def frame_bytes(inputs: _Inputs, core: _Core, data: bytes) -> None:
+        core.frame_bytes += len(data)
         _receive(inputs, core, data)
 
     @receiving.upon(_Inputs.frame_damaged).to(resyncing)
@@ -434,6 +556,7 @@ def _register_common(
     @receiving.upon(_Inputs.timer_expired).to(idle)
     def frame_stalled(inputs: _Inputs, core: _Core) -> None:
         got = len(core.buffer)
+        core.stop_deadline()
         core.fail(
             LinkTimeout(
                 f"frame stalled: {got} byte(s) received, then "
@@ -441,9 +564,68 @@ def _register_common(
             )
         )
 
+    @receiving.upon(_Inputs.deadline_expired).to(receiving)
+    def frame_deadline(inputs: _Inputs, core: _Core) -> None:
+        slack = core.deadline_slack()
+        if slack > 0:
+            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+            return
+        got = len(core.buffer)
+        expected = core.buffer.expected
+        of = f"{got} of {expected}" if expected is not None else f"{got} (length unknown)"
+        inputs.too_late(
+            LinkTimeout(
+                f"frame did not complete within {core.deadline_spent:g} s "
+                f"(received {of} bytes; at least {core.timeouts.min_rate:g} bytes/s "
+                f"expected after the first {core.timeouts.frame_byte:g} s)"
+            )
+        )
+
+    @resyncing.upon(_Inputs.deadline_expired).to(resyncing)
+    def resync_deadline(inputs: _Inputs, core: _Core) -> None:
+        slack = core.deadline_slack()
+        if slack > 0:
+            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+            return
+        inputs.too_late(
+            LinkTimeout(
+                f"damaged frame: the line did not go quiet for a NAK within "
+                f"{core.deadline_spent:g} s ({core.drained} byte(s) discarded)"
+            )
+        )
+
+    @flushing.upon(_Inputs.deadline_expired).to(flushing)
+    def flush_deadline(inputs: _Inputs, core: _Core) -> None:
+        slack = core.deadline_slack()
+        if slack > 0:
+            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+            return
+        inputs.too_late(LinkTimeout("flushing took too long"))
+
+    for overdue in (receiving, resyncing):
+
+        @overdue.upon(_Inputs.too_late).to(idle)
+        def frame_too_late(inputs: _Inputs, core: _Core, error: LinkError) -> None:
+            core.cancel_timer()
+            core.drained = 0
+            core.fail(error)
+
+    @flushing.upon(_Inputs.too_late).to(idle)
+    def flush_too_late(inputs: _Inputs, core: _Core, error: LinkError) -> None:
+        core.cancel_timer()
+        core.notice(
+            "warn",
+            "{role} link: line still not quiet after {seconds:g} s and {drained} "
+            "discarded byte(s); listening again",
+            seconds=core.deadline_spent,
+            drained=core.drained,
+        )
+        core.drained = 0
+
     # after a damaged frame: discard until quiet, then NAK
     @resyncing.upon(_Inputs.bytes_in).loop()
     def resync_bytes(inputs: _Inputs, core: _Core, data: bytes) -> None:
+        core.frame_bytes += len(data)
         core.drained += len(data)
         if core.drained > core.max_frame_length:
             core.stats.garbage_bytes += core.drained - len(data)
@@ -467,16 +649,19 @@ def _register_common(
         core.buffer.clear()
         core.write(NAK_BYTE)
         core.set_timer(core.timeouts.frame_byte)
+        core.start_deadline()
 
     # after an unrecoverable frame: discard until quiet, then idle
     @flushing.upon(_Inputs.bytes_in).loop()
     def flush_bytes(inputs: _Inputs, core: _Core, data: bytes) -> None:
+        core.frame_bytes += len(data)
         core.drained += len(data)
         core.stats.garbage_bytes += len(data)
         core.set_timer(core.timeouts.resync_quiet)
 
     @flushing.upon(_Inputs.timer_expired).to(idle)
     def flushed(inputs: _Inputs, core: _Core) -> None:
+        core.stop_deadline()
         core.notice(
             "info",
             "{role} link: line quiet again after discarding {drained} byte(s)",
@@ -602,6 +787,7 @@ def _build_initiator() -> Callable[[_Core], _Inputs]:
     ) -> None:
         core.write(ACK_BYTE)
         core.cancel_timer()
+        core.stop_deadline()
         core.in_flight = False
         core.actions.append(Deliver(strings, core.exchange))
         _feed_excess(inputs, excess)
@@ -648,6 +834,7 @@ def _build_responder() -> Callable[[_Core], _Inputs]:
     ) -> None:
         core.write(ACK_BYTE)
         core.cancel_timer()
+        core.stop_deadline()
         core.exchange += 1
         core.in_flight = True
         core.actions.append(Deliver(strings, core.exchange))
@@ -758,6 +945,16 @@ class _Link:
     def timer_expired(self) -> list[Action]:
         """The timer of the last :class:`SetTimer` fired."""
         self._machine.timer_expired()
+        return self._collect()
+
+    def deadline_expired(self, generation: int) -> list[Action]:
+        """The frame deadline of the :class:`SetDeadline` carrying
+        ``generation`` fired; an expiry of an earlier (replaced or cancelled)
+        deadline is stale and changes nothing."""
+        core = self._core
+        if generation != core.deadline_generation or not core.deadline_running:
+            return []
+        self._machine.deadline_expired()
         return self._collect()
 
     def abort(self, error: LinkError) -> list[Action]:

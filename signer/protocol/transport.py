@@ -10,8 +10,9 @@
   a :class:`~signer.protocol.serialconfig.SerialConfig`.
 
 The protocols only carry out the actions of the sans-IO machines in
-:mod:`signer.protocol.link`: write bytes, run the machine's single timer on
-the injected clock, fire Deferreds, and log.
+:mod:`signer.protocol.link`: write bytes, run the machine's two timers (the
+wait timer and the frame deadline) on the injected clock, fire Deferreds, and
+log.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from zope.interface import Interface
 from signer.protocol import codec
 from signer.protocol.link import (
     Action,
+    CancelDeadline,
     CancelTimer,
     Deliver,
     Failed,
@@ -46,6 +48,7 @@ from signer.protocol.link import (
     Notice,
     ResponderLink,
     Sent,
+    SetDeadline,
     SetTimer,
     TooManyResends,
     Write,
@@ -94,6 +97,7 @@ class _LinkAdapter(Protocol):
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._timer: Optional[IDelayedCall] = None
+        self._deadline: Optional[IDelayedCall] = None
         self._connected = False
         self._closed_waiters: list[Deferred[None]] = []
         self.last_success: Optional[float] = None
@@ -139,10 +143,21 @@ class _LinkAdapter(Protocol):
         self._timer = None
         self._run(self._link.timer_expired())
 
+    def _deadline_fired(self, generation: int) -> None:
+        self._deadline = None
+        self._run(self._link.deadline_expired(generation))
+
     def _stop_timer(self) -> None:
+        """Stop both timers (the wait timer and the frame deadline)."""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._stop_deadline()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _run(self, actions: list[Action]) -> None:
         """Carry out ``actions`` in order; results go upward once all ran."""
@@ -157,7 +172,17 @@ class _LinkAdapter(Protocol):
                 else:
                     self._timer = self._clock.callLater(action.seconds, self._fired)
             elif isinstance(action, CancelTimer):
-                self._stop_timer()
+                if self._timer is not None and self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            elif isinstance(action, SetDeadline):
+                # a new generation: never reuse the call of an older one
+                self._stop_deadline()
+                self._deadline = self._clock.callLater(
+                    action.seconds, self._deadline_fired, action.generation
+                )
+            elif isinstance(action, CancelDeadline):
+                self._stop_deadline()
             elif isinstance(action, Notice):
                 self.log.emit(LogLevel.levelWithName(action.level), action.format, **action.fields)
             else:

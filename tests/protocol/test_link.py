@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from signer.protocol import codec
 from signer.protocol.link import (
     ACK_BYTE,
+    DEADLINE_STEP,
     NAK_BYTE,
     START_BYTE,
     Action,
+    CancelDeadline,
     CancelTimer,
     Deliver,
     Failed,
@@ -28,6 +30,7 @@ from signer.protocol.link import (
     Notice,
     ResponderLink,
     Sent,
+    SetDeadline,
     SetTimer,
     TooManyResends,
     Write,
@@ -607,6 +610,302 @@ def test_initiator_replays_legacy_server_transcripts(vectors_dir: Path) -> None:
         assert link.is_idle()
 
 
+# -- the frame deadline ------------------------------------------------------------------
+
+
+class Timed:
+    """Runs a link machine in simulated time, without a reactor or tasks.
+
+    Remembers when the wait timer and the frame deadline are due (from the
+    SetTimer/CancelTimer/SetDeadline/CancelDeadline actions) and fires
+    whichever is due first as :meth:`advance` moves the time on.
+    """
+
+    def __init__(self, link: InitiatorLink | ResponderLink) -> None:
+        self.link = link
+        self.now = 0.0
+        self.timer_at: float | None = None
+        self.deadline_at: float | None = None
+        self.generation = 0
+        self.fired: list[tuple[float, str]] = []
+
+    def apply(self, actions: list[Action]) -> list[Action]:
+        for action in actions:
+            if isinstance(action, SetTimer):
+                self.timer_at = self.now + action.seconds
+            elif isinstance(action, CancelTimer):
+                self.timer_at = None
+            elif isinstance(action, SetDeadline):
+                self.deadline_at = self.now + action.seconds
+                self.generation = action.generation
+            elif isinstance(action, CancelDeadline):
+                self.deadline_at = None
+        return actions
+
+    def feed(self, data: bytes) -> list[Action]:
+        return self.apply(self.link.data_received(data))
+
+    def advance(self, seconds: float) -> list[Action]:
+        end = self.now + seconds
+        actions: list[Action] = []
+        while True:
+            due = [
+                (at, kind)
+                for at, kind in ((self.timer_at, "timer"), (self.deadline_at, "deadline"))
+                if at is not None and at <= end + 1e-9
+            ]
+            if not due:
+                break
+            self.now, kind = min(due)
+            self.fired.append((self.now, kind))
+            if kind == "timer":
+                self.timer_at = None
+                actions += self.apply(self.link.timer_expired())
+            else:
+                self.deadline_at = None
+                actions += self.apply(self.link.deadline_expired(self.generation))
+        self.now = end
+        return actions
+
+
+def with_length(frame: bytes, outer: int) -> bytes:
+    """``frame`` with its outer length prefix replaced (a damaged prefix)."""
+    return outer.to_bytes(3, "big") + frame[3:]
+
+
+def trickle_starts(timed: Timed, interval: float, rounds: int = 50) -> list[Action]:
+    """A peer that retries its START every ``interval`` seconds (it never got
+    the ACK of its frame) until the machine reports a failure."""
+    actions: list[Action] = []
+    for _ in range(rounds):
+        actions += timed.advance(interval)
+        if failures(actions):
+            return actions
+        actions += timed.feed(START_BYTE)
+    return actions
+
+
+@pytest.mark.parametrize("frame_byte", [5.0, 30.0])
+def test_responder_wedge_trickling_starts_hit_the_frame_deadline(frame_byte: float) -> None:
+    """A request whose length prefix claims 1000 bytes more than arrive, then
+    the peer's START retries every frame_byte - 1 s (each re-arms the silence
+    timer): the frame deadline fails the reception with a LinkTimeout naming
+    the seconds and the bytes, the machine is idle, the next START is ACKed at
+    once and a good request is delivered."""
+    timeouts = LinkTimeouts(frame_byte=frame_byte, min_rate=1000)
+    timed = Timed(ResponderLink(timeouts))
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+    claimed = len(NUL_FRAME) - 12 + 1000
+    timed.feed(with_length(NUL_FRAME, claimed))
+    actions = trickle_starts(timed, frame_byte - 1)
+    (failed,) = failures(actions)
+    assert isinstance(failed.error, LinkTimeout)
+    message = str(failed.error)
+    assert "frame did not complete within" in message
+    # 49 frame bytes and the START bytes that came in before the deadline
+    assert f"(received {len(NUL_FRAME) + 1} of {claimed + 12} bytes" in message
+    # failed by the deadline, not by silence, and soon after frame_byte
+    assert all(kind == "deadline" for _, kind in timed.fired)
+    failed_at = timed.fired[-1][0]
+    assert frame_byte < failed_at <= frame_byte + DEADLINE_STEP + 1e-6
+    assert f"within {failed_at:g} s" in message
+    assert timed.link.is_idle()
+    assert timed.timer_at is None and timed.deadline_at is None
+    assert timed.link.stats.timeouts == 1
+    # the peer's next START gets its ACK at once, then its frame goes through
+    timed.advance(frame_byte - 1 - (timed.now % (frame_byte - 1)))
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+    (deliver,) = delivered(timed.feed(NUL_FRAME))
+    assert codec.decode_request_fields(deliver.strings) == NUL
+
+
+def test_responder_wedge_after_a_lost_byte() -> None:
+    """The linksim scenario: one byte of the request is lost, so the receiver
+    waits for one more; the peer's retried START completes the frame as
+    damaged, the NAK that follows reaches a peer waiting for an ACK of its
+    START, and its next START is read as the first byte of a 'frame' whose
+    length prefix is 0x02....: the deadline ends it and the line serves again."""
+    timeouts = LinkTimeouts(frame_byte=30.0)
+    timed = Timed(ResponderLink(timeouts))
+    timed.feed(START_BYTE + NUL_FRAME[:20] + NUL_FRAME[21:])
+    actions = timed.advance(19) + timed.feed(START_BYTE)  # the retry completes it
+    assert timed.link.state == "resyncing"
+    actions += timed.advance(1)
+    assert written(actions) == NAK_BYTE  # the peer takes it for garbage
+    actions = timed.advance(19) + timed.feed(START_BYTE)  # taken as frame data
+    assert timed.link.state == "receiving"
+    actions += trickle_starts(timed, 19)
+    (failed,) = failures(actions)
+    assert "frame did not complete within" in str(failed.error)
+    assert timed.link.is_idle()
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+    assert len(delivered(timed.feed(NUL_FRAME))) == 1
+
+
+def test_initiator_wedge_trickling_bytes_hit_the_frame_deadline() -> None:
+    """The initiator receiving a response whose length prefix claims more
+    than arrives, with lone 0x02 bytes every frame_byte - 1 s: the request
+    fails with the deadline's LinkTimeout, and the next request's whole
+    conversation (its START ACKed, the responder's START ACKed by us, the
+    response delivered) works."""
+    timed = Timed(InitiatorLink())
+    timed.apply(timed.link.send(NUL_FRAME))
+    timed.feed(ACK_BYTE + ACK_BYTE)
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+    timed.feed(with_length(NUL_ANSWER, 2000)[:-1])
+    actions = trickle_starts(timed, TIMEOUTS.frame_byte - 1)
+    (failed,) = failures(actions)
+    assert failed.exchange == 1
+    assert isinstance(failed.error, LinkTimeout)
+    assert f"received {len(NUL_ANSWER)} of 2012 bytes" in str(failed.error)
+    assert timed.link.is_idle() and timed.deadline_at is None and timed.timer_at is None
+    assert written(timed.apply(timed.link.send(NUL_FRAME))) == START_BYTE
+    assert written(timed.feed(ACK_BYTE)) == NUL_FRAME
+    timed.feed(ACK_BYTE)
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+    (deliver,) = delivered(timed.feed(NUL_ANSWER))
+    assert deliver.exchange == 2
+
+
+def test_deadline_before_the_length_prefix_is_known() -> None:
+    """Two bytes of a frame, then lone bytes every few seconds: the length
+    is never known, and the deadline still ends the reception."""
+    timed = Timed(ResponderLink(LinkTimeouts(frame_byte=10.0)))
+    timed.feed(START_BYTE + b"\x00")
+    actions = timed.advance(9) + timed.feed(b"\x00")
+    assert timed.link.state == "receiving"
+    actions += timed.advance(9)
+    (failed,) = failures(actions)
+    assert "received 2 (length unknown) bytes" in str(failed.error)
+    assert timed.link.is_idle()
+
+
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_slow_but_steady_frame_completes(role: str) -> None:
+    """A 60 kB frame arriving 1 s after its ACK at 2% above min_rate, in 20 ms
+    chunks, takes ten times frame_byte and is delivered: the deadline keeps
+    being earned by the bytes that arrive."""
+    timeouts = LinkTimeouts(frame_byte=5.0, min_rate=1000)
+    if role == "responder":
+        timed = Timed(ResponderLink(timeouts))
+        timed.feed(START_BYTE)
+        frame = codec.encode_request(codec.SignX509Request(csr=b"x" * 60000))
+    else:
+        timed = Timed(InitiatorLink(timeouts))
+        timed.apply(timed.link.send(NUL_FRAME))
+        timed.feed(ACK_BYTE + ACK_BYTE + START_BYTE)
+        frame = codec.encode_response(codec.SignX509Response(b"y" * 60000))
+    timed.advance(1.0)
+    chunk = 1020 * 20 // 1000  # bytes per 20 ms at 1020 bytes/s
+    actions: list[Action] = []
+    for offset in range(0, len(frame), chunk):
+        actions += timed.advance(0.02)
+        actions += timed.feed(frame[offset : offset + chunk])
+    assert failures(actions) == []
+    assert len(delivered(actions)) == 1
+    assert timed.now > 10 * timeouts.frame_byte
+    assert any(kind == "deadline" for _, kind in timed.fired)  # it was checked
+    assert timed.deadline_at is None
+
+
+def test_frame_slower_than_min_rate_fails() -> None:
+    """The same frame at 90% of min_rate: it fails once the grace of
+    frame_byte is used up (after about 41 s), not at the first byte gap."""
+    timeouts = LinkTimeouts(frame_byte=5.0, min_rate=1000)
+    timed = Timed(ResponderLink(timeouts))
+    timed.feed(START_BYTE)
+    frame = codec.encode_request(codec.SignX509Request(csr=b"x" * 60000))
+    timed.advance(1.0)
+    actions: list[Action] = []
+    for offset in range(0, len(frame), 18):
+        actions += timed.advance(0.02)
+        if failures(actions):
+            break
+        actions += timed.feed(frame[offset : offset + 18])
+    (failed,) = failures(actions)
+    assert "frame did not complete within" in str(failed.error)
+    assert 40 <= timed.now <= 43
+    assert delivered(actions) == []
+
+
+def test_stale_deadline_is_ignored() -> None:
+    """A deadline expiry whose generation was replaced or cancelled changes
+    nothing: in idle, in processing, and in receiving the resend after a NAK
+    (which started a deadline of its own)."""
+    link = ResponderLink()
+    assert link.deadline_expired(0) == []
+    actions = link.data_received(START_BYTE)
+    (first,) = [a for a in actions if isinstance(a, SetDeadline)]
+    assert first.seconds == TIMEOUTS.frame_byte
+    actions = link.data_received(NUL_FRAME)
+    assert any(isinstance(a, CancelDeadline) for a in actions)
+    assert link.state == "processing"
+    assert link.deadline_expired(first.generation) == []
+    assert link.state == "processing"
+    link.abort(LinkReset("restart"))
+    assert link.deadline_expired(first.generation) == [] and link.is_idle()
+    # damaged frame, NAK: the resend has a new deadline; the old one is stale
+    actions = link.data_received(START_BYTE)
+    (old,) = [a for a in actions if isinstance(a, SetDeadline)]
+    link.data_received(NUL_FRAME[:-1] + b"!")
+    actions = link.timer_expired()
+    assert written(actions) == NAK_BYTE
+    (new,) = [a for a in actions if isinstance(a, SetDeadline)]
+    assert new.generation != old.generation and new.seconds == TIMEOUTS.frame_byte
+    link.data_received(NUL_FRAME[:10])
+    assert link.deadline_expired(old.generation) == []
+    assert link.state == "receiving"
+    assert len(delivered(link.data_received(NUL_FRAME[10:]))) == 1
+
+
+def test_babbling_line_while_resyncing_hits_the_deadline() -> None:
+    """After a damaged frame, a byte every 50 ms (never quiet for the NAK,
+    far below the babble byte bound): the deadline fails the exchange, the
+    machine is idle and serves the next START."""
+    timed = Timed(ResponderLink(LinkTimeouts(frame_byte=5.0)))
+    timed.feed(START_BYTE + NUL_FRAME[:-1] + b"!")
+    assert timed.link.state == "resyncing"
+    actions: list[Action] = []
+    for _ in range(400):
+        actions += timed.advance(0.05)
+        if failures(actions):
+            break
+        actions += timed.feed(b"\x00")
+    (failed,) = failures(actions)
+    assert isinstance(failed.error, LinkTimeout)
+    assert "did not go quiet" in str(failed.error)
+    assert written(actions) == b""
+    assert timed.fired[-1] == (pytest.approx(5.0 + DEADLINE_STEP), "deadline")
+    assert timed.link.is_idle() and timed.timer_at is None
+    assert written(timed.feed(START_BYTE)) == ACK_BYTE
+
+
+def test_babbling_line_while_flushing_ends_at_the_deadline() -> None:
+    """After an oversized length prefix the line is flushed until quiet; a
+    byte every 50 ms would keep it flushing forever: the deadline returns the
+    machine to idle (the failure was reported once, at the oversized prefix)."""
+    timed = Timed(ResponderLink(LinkTimeouts(frame_byte=5.0), max_frame_length=1000))
+    actions = timed.feed(START_BYTE + b"\x7f\x00\x00")
+    assert len(failures(actions)) == 1 and timed.link.state == "flushing"
+    for _ in range(400):
+        actions += timed.advance(0.05)
+        if timed.link.is_idle():
+            break
+        actions += timed.feed(b"\x00")
+    assert timed.link.is_idle()
+    assert len(failures(actions)) == 1
+    assert any(isinstance(a, Notice) and "still not quiet" in a.format for a in actions)
+    assert timed.fired[-1] == (pytest.approx(5.0 + DEADLINE_STEP), "deadline")
+    assert timed.deadline_at is None and timed.timer_at is None
+
+
+@pytest.mark.parametrize("min_rate", [0, -1, True, "fast"])
+def test_min_rate_must_be_positive(min_rate: object) -> None:
+    """min_rate is validated like the timeouts."""
+    with pytest.raises(ValueError, match="min_rate"):
+        LinkTimeouts(min_rate=min_rate)  # type: ignore[arg-type]
+
+
 # -- never raises ----------------------------------------------------------------------
 
 EVENT = st.one_of(
@@ -615,6 +914,7 @@ EVENT = st.one_of(
         lambda b: ("bytes", b)
     ),
     st.just(("timer", b"")),
+    st.just(("deadline", b"")),
     st.just(("send", b"")),
 )
 
@@ -626,6 +926,7 @@ def test_machines_never_raise_on_arbitrary_input(events: list[tuple[str, bytes]]
     only ever return actions, and every delivered frame is an intact one."""
     initiator = InitiatorLink(max_frame_length=4096)
     responder = ResponderLink(max_frame_length=4096)
+    generations = {id(initiator): 0, id(responder): 0}
     last_exchange = 0
     for kind, data in events:
         for link in (initiator, responder):
@@ -633,10 +934,15 @@ def test_machines_never_raise_on_arbitrary_input(events: list[tuple[str, bytes]]
                 actions = link.data_received(data)
             elif kind == "timer":
                 actions = link.timer_expired()
+            elif kind == "deadline":
+                actions = link.deadline_expired(generations[id(link)])
             elif isinstance(link, InitiatorLink):
                 actions = link.send(NUL_FRAME) if link.is_idle() else []
             else:
                 actions = link.answer(last_exchange, NUL_ANSWER)
+            for action in actions:
+                if isinstance(action, SetDeadline):
+                    generations[id(link)] = action.generation
             for deliver in delivered(actions):
                 last_exchange = deliver.exchange
                 assert codec.parse_frame(codec.encode_frame(deliver.strings)) == deliver.strings
