@@ -390,3 +390,108 @@ def test_when_served_fires_after_acknowledged_answers(clock: Clock) -> None:
     line.pump()
     assert served == [None]
     assert results(server.when_served(1)) == [None]
+
+
+# -- the frame deadline through the adapters ---------------------------------------
+
+
+def test_server_wedge_trickling_starts_fail_at_the_frame_deadline(clock: Clock, logged) -> None:
+    """The server (frame_timeout 30 s) receives a request whose length prefix
+    claims more than arrives, then the client's START retries every 20 s: the
+    frame deadline (a second delayed call) ends the reception with a logged
+    LinkTimeout; the next START is ACKed at once and answered; no delayed
+    call is left."""
+    handler = ScriptedHandler()
+    server = ServerLinkProtocol(handler, clock, LinkTimeouts(frame_byte=30))
+    transport = StringTransport()
+    server.makeConnection(transport)
+    frame = codec.encode_request(NUL)
+    server.dataReceived(START_BYTE + (len(frame) + 500).to_bytes(3, "big") + frame[3:])
+    assert len(clock.getDelayedCalls()) == 2  # silence timer and frame deadline
+    clock.pump([1] * 20)
+    server.dataReceived(START_BYTE)  # taken as one more frame byte
+    assert server.link_state == "receiving"
+    clock.pump([1] * 20)
+    assert server.is_idle()
+    assert transport.value() == ACK_BYTE  # the retried START got nothing
+    reasons = [e.get("reason", "") for e in logged if "exchange failed" in e.get("log_format", "")]
+    assert len(reasons) == 1 and "frame did not complete within 31 s" in reasons[0]
+    assert server.stats.timeouts == 1
+    transport.clear()
+    server.dataReceived(START_BYTE)
+    assert transport.value() == ACK_BYTE
+    server.dataReceived(frame)
+    assert handler.requests == [NUL]
+    assert transport.value() == ACK_BYTE + ACK_BYTE + START_BYTE
+    server.dataReceived(ACK_BYTE)
+    server.dataReceived(ACK_BYTE)
+    assert server.requests_served == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_client_request_fails_at_the_frame_deadline(clock: Clock) -> None:
+    """The client receiving a response whose length prefix claims more than
+    arrives, with lone bytes trickling in every 4 s: the request errbacks with
+    the deadline's LinkTimeout after about frame_byte seconds (not never), the
+    next request succeeds, and no delayed call is left."""
+    client = ClientLinkProtocol(clock)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    got = results(client.request(NUL))
+    answer = codec.encode_response(codec.NulResponse())
+    client.dataReceived(ACK_BYTE + ACK_BYTE + START_BYTE + b"\x00\x10\x00" + answer[3:])
+    for _ in range(5):
+        clock.pump([0.5] * 8)
+        client.dataReceived(START_BYTE)
+        if got:
+            break
+    assert got and got[0].check(LinkTimeout)
+    assert "frame did not complete within 6 s" in got[0].getErrorMessage()
+    assert f"of {0x1000 + 12} bytes" in got[0].getErrorMessage()
+    assert client.is_idle()
+    second = results(client.request(NUL))
+    client.dataReceived(ACK_BYTE + ACK_BYTE + START_BYTE + answer)
+    assert second == [codec.NulResponse()]
+    assert clock.getDelayedCalls() == []
+
+
+def test_lost_byte_with_fast_client_retries_recovers(clock: Clock, logged) -> None:
+    """The linksim wedge end to end: the client retries its START every 3 s,
+    the server waits 30 s of silence per frame byte, and one byte of the first
+    request frame is lost on the line. The retried STARTs are read as frame
+    bytes, but the frame deadline frees the server and a later request is
+    answered well within a minute."""
+    dropped: list[bytes] = []
+
+    def drop_a_byte(data: bytes) -> bytes:
+        if len(data) > 1 and not dropped:
+            dropped.append(data)
+            return data[:20] + data[21:]
+        return data
+
+    client = ClientLinkProtocol(clock, LinkTimeouts(start_ack=3, frame_ack=3, response_start=10))
+    server = ServerLinkProtocol(ScriptedHandler(), clock, LinkTimeouts(frame_byte=30))
+    line = Line(client, server, c2s=drop_a_byte)
+    outcomes: list = []
+    answered_at = None
+    for tick in range(600):  # 60 s in steps of 0.1 s
+        if client.pending == 0 and answered_at is None:
+            outcomes.append(results(client.request(NUL)))
+        line.pump()
+        if outcomes[-1] and outcomes[-1][0] == codec.NulResponse():
+            answered_at = clock.seconds()
+            break
+        clock.advance(0.1)
+    assert dropped
+    assert answered_at is not None, [o[0] for o in outcomes if o]
+    assert answered_at < 45
+    failed = [o[0] for o in outcomes[:-1]]
+    assert failed and all(isinstance(f, Failure) and f.check(LinkTimeout) for f in failed)
+    # the server was freed by the frame deadline (its silence timer never
+    # ran out: the client kept sending STARTs)
+    reasons = [e.get("reason", "") for e in logged if "exchange failed" in e.get("log_format", "")]
+    assert any("frame did not complete within" in r for r in reasons), reasons
+    assert not any("frame stalled" in r for r in reasons), reasons
+    line.pump()
+    clock.advance(60)
+    assert clock.getDelayedCalls() == []
