@@ -67,6 +67,7 @@ class LinkConfig:
     frame_byte: float = 5.0
     max_resends: int = 5
     max_frame_length: int = 8 * 1024 * 1024
+    min_rate: float = 500.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ def _link(table: _Table) -> LinkConfig:
         frame_byte=table.positive("frame_byte_timeout", float, 5.0),
         max_resends=table.positive("max_resends", int, 5),
         max_frame_length=table.positive("max_frame_length", int, 8 * 1024 * 1024),
+        min_rate=table.positive("min_rate", float, 500.0),
     )
     if config.max_frame_length > 2**24 - 1:
         raise table.error("max_frame_length", "must be below 16 MiB (2**24 - 1)")

@@ -182,6 +182,7 @@ class ClientParts:
                 response_start=link.response_start,
                 frame_byte=link.frame_byte,
                 max_resends=link.max_resends,
+                min_rate=link.min_rate,
             ),
             max_frame_length=link.max_frame_length,
         )

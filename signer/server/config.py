@@ -230,6 +230,8 @@ class LinkConfig:
     ack_timeout: float = 5.0
     frame_timeout: float = 30.0
     max_resends: int = 5
+    #: bytes per second an incoming frame must average after frame_timeout
+    min_rate: float = 500.0
 
 
 @dataclass(frozen=True)
@@ -676,7 +678,12 @@ def _load_link(top: _Table) -> LinkConfig:
         ack_timeout=table.number("ack_timeout", defaults.ack_timeout),
         frame_timeout=table.number("frame_timeout", defaults.frame_timeout),
         max_resends=table.integer("max_resends", defaults.max_resends, minimum=0, maximum=1000),
+        min_rate=table.number("min_rate", defaults.min_rate, positive=False),
     )
+    if not link.min_rate > 0:
+        raise table.error(
+            "min_rate", f"must be a positive number of bytes per second, got {link.min_rate}"
+        )
     table.finish()
     return link
 

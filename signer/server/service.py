@@ -213,6 +213,7 @@ class ServerParts:
             frame_ack=link.ack_timeout,
             frame_byte=link.frame_timeout,
             max_resends=link.max_resends,
+            min_rate=link.min_rate,
         )
         self.protocol = ServerLinkProtocol(
             self.dispatcher, reactor, self.timeouts, max_frame_length=link.max_frame_length
