@@ -2,7 +2,11 @@
 
 In memory first (task.Clock, DummyRequest, a real CA database), then the site
 on a real loopback port fetched with twisted.web's Agent, then a real
-``twistd signer-server`` over a socat pty pair answering after ``signer ping``.
+``twistd signer-server`` over a socat pty pair answering after ``signer ping``;
+last the client's figures (:class:`~signer.client.health.ClientHealth`) over a
+real sqlite WebDB and a real ``ClientLinkProtocol`` joined in memory to a
+``ServerLinkProtocol`` (the twistd client end to end is in
+``tests/client/test_tap.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
@@ -511,3 +515,162 @@ def test_twistd_server_serves_health_after_ping(tmp_path: Path) -> None:
             assert isinstance(line["ms"], float) and line["bytes_on_wire"] > 0
         assert served[0]["bytes_on_wire"] == 76  # NUL request + answer frames
         assert any(line["message"].startswith("serving on") and "device" in line for line in lines)
+
+
+# -- the client's figures (ClientHealth) ----------------------------------------------------
+
+
+@dataclass
+class ClientSetup:
+    """A client's parts over a real sqlite WebDB, its link a real ClientLinkProtocol
+    joined in memory to a ServerLinkProtocol, reports read on a ``task.Clock``."""
+
+    db: Any
+    parts: Any
+    line: Any
+    clock: Clock
+    resource: Any
+
+
+@pytest.fixture
+def client_setup(tmp_path: Path) -> Iterator[ClientSetup]:
+    from twisted.internet import reactor
+
+    from signer.client.health import ClientHealth
+    from signer.client.service import ClientParts
+    from signer.protocol.transport import ClientLinkProtocol, ServerLinkProtocol
+    from tests.client.conftest import make_world
+    from tests.protocol.test_transport import Line
+    from tests.support.responder import ScriptedHandler
+    from tests.support.webdb import sqlite_webdb
+
+    db = sqlite_webdb(tmp_path / "webdb.sqlite")
+    world = make_world(tmp_path, db, reactor, None)
+    clock = Clock()
+    clock.advance(T0)
+    protocol = ClientLinkProtocol(clock)
+    line = Line(protocol, ServerLinkProtocol(ScriptedHandler(), clock))
+    parts = ClientParts(world.config, None, reactor, requester=protocol)
+    resource = health_resource(ClientHealth(parts, clock=clock))
+    yield ClientSetup(db, parts, line, clock, resource)
+    parts.webdb.close()
+    db.close()
+
+
+@inlineCallbacks
+def get_later(resource: Any, path: bytes) -> Any:
+    """GET ``path`` from ``resource`` and wait for the answer (the WebDB answers from a thread)."""
+    request = DummyRequest([path])
+    finished = request.notifyFinish()
+    result = getChildForRequest(resource, request).render(request)
+    assert result is NOT_DONE_YET
+    yield finished
+    return request
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_health_reports_pending_rows_crl_age_and_link(client_setup: ClientSetup) -> Any:
+    """The client's /health has the pending rows per table (below the warning
+    threshold) and revocations per table, read from the WebDB at the request, the
+    CRL age per root, the rounds and the link; /metrics has the same figures."""
+    from signer.client.jobs import RoundReport
+    from signer.protocol import codec
+    from tests.support.webdb import REVOKE_REQUESTED
+
+    setup = client_setup
+    db = setup.db
+    db.add_cert("emailcerts", 1, 10, "/CN=a")
+    db.add_cert("emailcerts", 2, 10, "/CN=b")
+    db.add_cert("emailcerts", 3, 10, "/CN=c", warning=3)  # given up: not pending
+    db.add_cert("emailcerts", 4, 10, "/CN=d", crt_name="../crt/d.crt", revoked=REVOKE_REQUESTED)
+    db.add_cert("orgdomaincerts", 5, 7, "/CN=e")
+    db.add_gpg(1, 10, "a@example.org")
+    # what the jobs recorded: a NUL round trip now, a CRL of rootcert 1 installed
+    # an hour ago, four rounds, the last one cut short by the link
+    setup.parts.protocol.request(codec.NulRequest(b"120420182026.49"))
+    setup.line.pump()
+    jobs = setup.parts.jobs
+    jobs.crl_age[1] = T0 - 3600
+    jobs.rounds = 4
+    jobs.last_round = RoundReport(number=3, aborted="link: no ACK for START")
+    setup.clock.advance(100)
+
+    request = yield get_later(setup.resource, b"health")
+    assert request.responseCode in (None, 200)
+    report = json.loads(body(request))
+    assert report["role"] == "client"
+    assert report["pending"] == {
+        "gpg": 1, "emailcerts": 2, "domaincerts": 0, "orgemailcerts": 0, "orgdomaincerts": 1,
+    }
+    assert report["pending_revocations"] == {
+        "emailcerts": 1, "domaincerts": 0, "orgemailcerts": 0, "orgdomaincerts": 0,
+    }
+    assert report["crl"] == {
+        "1": {"installed_at": "2026-12-04T11:00:00.000Z", "age_seconds": 3700},
+        "2": None,  # configured, nothing installed since start
+    }
+    assert report["link"]["state"] == "idle"
+    assert report["link"]["last_success"] == "2026-12-04T12:00:00.000Z"
+    assert report["link"]["last_success_seconds_ago"] == 100
+    assert report["link"]["counters"]["frames_in"] == 1
+    assert report["rounds"] == 4 and report["last_round_aborted"] == "link: no ACK for START"
+    assert report["wakeup"] is None
+    assert report["status"] == "warning"
+    assert report["problems"] == ["the last polling round ended early: link: no ACK for START"]
+
+    db.add_cert("emailcerts", 6, 10, "/CN=f")  # live: the next scrape counts it
+    request = yield get_later(setup.resource, b"metrics")
+    samples = metrics_of(body(request).decode())
+    assert samples[("signer_pending_requests", (("table", "emailcerts"),))] == 3
+    assert samples[("signer_pending_requests", (("table", "gpg"),))] == 1
+    assert samples[("signer_pending_revocations", (("table", "emailcerts"),))] == 1
+    assert samples[("signer_webdb_readable", ())] == 1
+    assert samples[("signer_crl_age_seconds", (("root", "1"),))] == 3700
+    assert ("signer_crl_age_seconds", (("root", "2"),)) not in samples
+    assert samples[("signer_polling_rounds_total", ())] == 4
+    assert samples[("signer_polling_last_round_aborted", ())] == 1
+    assert samples[("signer_link_state", (("state", "idle"),))] == 1
+    assert samples[("signer_link_last_success_age_seconds", ())] == 100
+    assert samples[("signer_info", (("role", "client"),))] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_health_survives_a_database_error(client_setup: ClientSetup) -> Any:
+    """A failing WebDB query does not fail the pages: /health answers 200 with the
+    error in problems and no pending figures; /metrics leaves the pending gauges out
+    and says signer_webdb_readable 0."""
+    setup = client_setup
+    setup.db.execute("DROP TABLE emailcerts")
+    request = yield get_later(setup.resource, b"health")
+    assert request.responseCode in (None, 200)
+    report = json.loads(body(request))
+    assert report["status"] == "warning"
+    assert report["problems"] == ["WebDB unreadable: no such table: emailcerts"]
+    assert report["pending"] is None and report["pending_revocations"] is None
+    assert report["link"]["state"] == "idle"
+    request = yield get_later(setup.resource, b"metrics")
+    assert request.responseCode in (None, 200)
+    samples = metrics_of(body(request).decode())
+    assert samples[("signer_webdb_readable", ())] == 0
+    assert not any(name == "signer_pending_requests" for name, _ in samples)
+    assert samples[("signer_link_state", (("state", "idle"),))] == 1
+
+
+def test_client_health_does_not_wait_for_a_locked_database(client_setup: ClientSetup) -> None:
+    """A WebDB that does not answer (here: locked by another connection) gives a
+    problem after db_timeout seconds instead of a page that never answers."""
+    setup = client_setup
+    locker = setup.db.connection  # the test's own connection, not the client's pool
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        request = DummyRequest([b"health"])
+        assert getChildForRequest(setup.resource, request).render(request) is NOT_DONE_YET
+        setup.clock.advance(9.9)
+        assert not request.finished
+        setup.clock.advance(0.1)
+        assert request.finished
+    finally:
+        locker.rollback()
+    report = json.loads(body(request))
+    assert report["problems"] == ["WebDB unreadable: no answer within 10 s"]
+    assert report["pending"] is None

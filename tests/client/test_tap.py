@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -23,6 +24,7 @@ from signer.client.service import PollingService, WebDBService, make_client_serv
 from signer.health import HealthService
 from signer.protocol.service import SerialLineService
 from tests.client.conftest import World
+from tests.support.pty import pty_pair, socat_available
 
 BIN = Path(sys.executable).parent
 
@@ -194,3 +196,100 @@ def test_wakeup_table_switches_polling_to_the_trigger(world: World) -> None:
         assert not isinstance(polling.jobs, WakeupTrigger)
     finally:
         off.parts.webdb.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not socat_available(), reason="socat is not installed")
+def test_twistd_client_serves_health_and_logs_each_event_once(tmp_path: Path) -> None:
+    """A real `twistd --logger signer.logging.json_observer signer-client` with
+    [logging] format = "json" and [health] address = "tcp:0", over a pty pair to the
+    scripted responder: /health and /metrics answer on loopback with the round trip
+    and the pending rows read live from the WebDB; every log line is one JSON object
+    and no event is logged twice; SIGTERM closes the line."""
+    import os
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.webdb import sqlite_webdb
+
+    repo = Path(__file__).resolve().parents[2]
+    db = sqlite_webdb(tmp_path / "webdb.sqlite")
+    log = tmp_path / "client.log"
+
+    def wait_for(condition: Any, what: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = condition()
+            if found:
+                return found
+            assert client.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, f"{what}\n{log.read_text()[-4000:]}"
+            time.sleep(0.05)
+
+    def fetch(url: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+
+    with pty_pair() as pair:
+        responder = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.responder", "--device", pair.b],
+            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            assert responder.stdout is not None and responder.stdout.readline().startswith("READY")
+            serial = tmp_path / "serial.conf"
+            serial.write_text(f'[serial]\ndevice = "{pair.a}"\n')
+            config = write_config(tmp_path, str(serial))  # no [[roots]]: no CRL requests
+            config.write_text(
+                config.read_text()
+                + '[polling]\ninterval = 3600.0\n[logging]\nformat = "json"\n[health]\naddress = "tcp:0"\n'
+            )
+            environ = {k: v for k, v in os.environ.items() if k not in ("SIGNER_LOG_FILE", "SIGNER_LOG_FORMAT")}
+            with log.open("wb") as out:
+                client = subprocess.Popen(
+                    [sys.executable, str(BIN / "twistd"), "-n", "--pidfile=",
+                     "--logger", "signer.logging.json_observer", "signer-client", "--config", str(config)],
+                    cwd=tmp_path, env=environ, stdout=out, stderr=subprocess.STDOUT,
+                )
+            try:
+                found = wait_for(lambda: re.search(r"health pages on http://127\.0\.0\.1:(\d+)", log.read_text()),
+                                 "health pages")
+                base = f"http://127.0.0.1:{found.group(1)}"
+                wait_for(lambda: json.loads(fetch(f"{base}/health")[1])["rounds"] >= 1, "the first round")
+                status, raw = fetch(f"{base}/health")
+                report = json.loads(raw)
+                db.add_cert("emailcerts", 1, 10, "/CN=waiting")  # pending from now on
+                status_metrics, metrics = fetch(f"{base}/metrics")
+            finally:
+                client.send_signal(signal.SIGTERM)
+                client.wait(timeout=30)
+        finally:
+            responder.terminate()
+            responder.wait(timeout=10)
+            db.close()
+
+    assert status == 200 and report["role"] == "client" and report["status"] == "ok"
+    assert report["link"]["state"] == "idle" and report["link"]["last_success"] is not None
+    assert report["link"]["counters"]["frames_in"] == 1  # the keep-alive NUL's answer
+    assert report["pending"]["emailcerts"] == 0 and report["crl"] == {}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.decode())
+        for sample in family.samples
+    }
+    assert status_metrics == 200
+    assert samples[("signer_pending_requests", (("table", "emailcerts"),))] == 1
+    assert samples[("signer_polling_rounds_total", ())] == 1
+    assert samples[("signer_link_frames_out_total", ())] == 1
+
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    opened = [r for r in records if r["message"].startswith("Serial line open")]
+    assert len(opened) == 1 and opened[0]["device"] == pair.a
+    assert len([r for r in records if r["message"].startswith("health pages on")]) == 1
+    assert len(records) == len({(r["time"], r["namespace"], r["message"]) for r in records})  # none twice
+    assert any(r["message"] == f"Serial line closed: {pair.a}" for r in records)
+    assert not any("traceback" in r for r in records)
