@@ -427,6 +427,17 @@ def _frame_allowance(core: _Core, received: int) -> float:
     return core.timeouts.frame_byte + min(received, cap) / core.timeouts.min_rate
 
 
+def _deadline_extended(core: _Core) -> bool:
+    """The frame deadline fired: re-arm it for the time the bytes received
+    meanwhile have earned (at least :data:`DEADLINE_STEP`, or ``frame_byte``
+    when shorter); False when they earned nothing beyond the time spent."""
+    slack = core.deadline_slack()
+    if slack <= 0:
+        return False
+    core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+    return True
+
+
 _ACK_ONLY = re.compile(re.escape(ACK_BYTE))
 _START_ONLY = re.compile(re.escape(START_BYTE))
 _ACK_OR_START = re.compile(b"[" + re.escape(ACK_BYTE) + re.escape(START_BYTE) + b"]")
@@ -566,9 +577,7 @@ def _register_common(
 
     @receiving.upon(_Inputs.deadline_expired).to(receiving)
     def frame_deadline(inputs: _Inputs, core: _Core) -> None:
-        slack = core.deadline_slack()
-        if slack > 0:
-            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+        if _deadline_extended(core):
             return
         got = len(core.buffer)
         expected = core.buffer.expected
@@ -583,9 +592,7 @@ def _register_common(
 
     @resyncing.upon(_Inputs.deadline_expired).to(resyncing)
     def resync_deadline(inputs: _Inputs, core: _Core) -> None:
-        slack = core.deadline_slack()
-        if slack > 0:
-            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+        if _deadline_extended(core):
             return
         inputs.too_late(
             LinkTimeout(
@@ -596,30 +603,29 @@ def _register_common(
 
     @flushing.upon(_Inputs.deadline_expired).to(flushing)
     def flush_deadline(inputs: _Inputs, core: _Core) -> None:
-        slack = core.deadline_slack()
-        if slack > 0:
-            core.arm_deadline(max(slack, min(DEADLINE_STEP, core.timeouts.frame_byte)))
+        if _deadline_extended(core):
             return
-        inputs.too_late(LinkTimeout("flushing took too long"))
+        inputs.too_late(
+            LinkTimeout(
+                f"line still not quiet after {core.deadline_spent:g} s and "
+                f"{core.drained} discarded byte(s); listening again"
+            )
+        )
 
     for overdue in (receiving, resyncing):
 
         @overdue.upon(_Inputs.too_late).to(idle)
         def frame_too_late(inputs: _Inputs, core: _Core, error: LinkError) -> None:
             core.cancel_timer()
+            core.stats.garbage_bytes += core.drained
             core.drained = 0
             core.fail(error)
 
     @flushing.upon(_Inputs.too_late).to(idle)
     def flush_too_late(inputs: _Inputs, core: _Core, error: LinkError) -> None:
+        # the exchange failed when flushing began: only log, do not fail again
         core.cancel_timer()
-        core.notice(
-            "warn",
-            "{role} link: line still not quiet after {seconds:g} s and {drained} "
-            "discarded byte(s); listening again",
-            seconds=core.deadline_spent,
-            drained=core.drained,
-        )
+        core.notice("warn", "{role} link: {reason}", reason=str(error))
         core.drained = 0
 
     # after a damaged frame: discard until quiet, then NAK
