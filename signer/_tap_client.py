@@ -8,11 +8,16 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from signer._tap_options import RoleOptions, role_parameters
 
-class Options(usage.Options):
+
+class Options(RoleOptions):
     """Command-line options of ``twistd signer-client``."""
 
-    synopsis = "--config FILE [--serial-config FILE]"
+    optParameters = role_parameters(
+        "the client's",
+        "serial line configuration; overrides [link] serial_config in the TOML file",
+    )
     longdesc = (
         "Run the web-host side of the CommModule: poll the CAcert WebDB for "
         "OpenPGP and X.509 requests and revocations, send them to the signer "
@@ -20,22 +25,6 @@ class Options(usage.Options):
         "mail the members. Everything is configured in one TOML file (see "
         "etc/signer-client.toml.example)."
     )
-    optParameters = [
-        ["config", "c", None, "the client's TOML configuration file (required)"],
-        [
-            "serial-config",
-            "s",
-            None,
-            "serial line configuration; overrides [link] serial_config in the TOML file",
-        ],
-    ]
-
-    def postOptions(self) -> None:  # noqa: N802 (Twisted's name)
-        if not self["config"]:
-            raise usage.UsageError("--config FILE is required")
-        for name in ("config", "serial-config"):
-            if self[name] and not Path(self[name]).is_file():
-                raise usage.UsageError(f"--{name}: {self[name]} is not a readable file")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802

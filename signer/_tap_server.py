@@ -8,32 +8,21 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from signer._tap_options import RoleOptions, role_parameters
 
-class Options(usage.Options):
+
+class Options(RoleOptions):
     """Command-line options of ``twistd signer-server``."""
 
-    synopsis = "--config FILE [--serial-config FILE]"
+    optParameters = role_parameters(
+        "the server's",
+        "serial line configuration; overrides serial_config in the TOML file",
+    )
     longdesc = (
         "Run the signing host: answer X.509, OpenPGP, revocation/CRL and NUL "
         "requests arriving over the serial line. Everything is configured in "
         "one TOML file (see etc/signer-server.toml.example)."
     )
-    optParameters = [
-        ["config", "c", None, "the server's TOML configuration file (required)"],
-        [
-            "serial-config",
-            "s",
-            None,
-            "serial line configuration; overrides serial_config in the TOML file",
-        ],
-    ]
-
-    def postOptions(self) -> None:  # noqa: N802 (Twisted's name)
-        if not self["config"]:
-            raise usage.UsageError("--config FILE is required")
-        for name in ("config", "serial-config"):
-            if self[name] and not Path(self[name]).is_file():
-                raise usage.UsageError(f"--{name}: {self[name]} is not a readable file")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802
