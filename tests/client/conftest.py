@@ -22,7 +22,6 @@ from twisted.internet.task import Clock
 
 from signer.client.config import (
     ClientConfig,
-    DatabaseConfig,
     FilesConfig,
     LinkConfig,
     MailConfig,

@@ -9,7 +9,6 @@ must exit cleanly.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

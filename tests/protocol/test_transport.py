@@ -223,6 +223,7 @@ def test_cancel_queued_and_in_flight(clock: Clock) -> None:
     assert client.pending == 1
     client.dataReceived(ACK_BYTE)
     assert transport.value() == START_BYTE + codec.encode_request(NUL)
+    assert r3 == []  # still in flight, not failed by the cancellations
 
 
 def test_oversized_request_fails_at_once(clock: Clock) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,7 +25,7 @@ from signer.server.openpgp import (
     throwaway_home,
     uid_problem,
 )
-from tests.support.gpg import GPG_BINARY, DAY, KeyMaker, UserKey, check_sigs, list_packets, short_tempdir
+from tests.support.gpg import GPG_BINARY, DAY, KeyMaker, check_sigs, list_packets, short_tempdir
 
 CPS = "http://www.cacert.org/cps.php"
 
