@@ -842,7 +842,8 @@ def run_on_reactor(prepared: Prepared, keep_running: bool) -> RunOutcome:
             if not interrupted.called:
                 interrupted.callback(None)
 
-        reactor.callFromThread(fire)
+        # the global reactor's declared type leaves out IReactorFromThreads
+        reactor.callFromThread(fire)  # type: ignore[attr-defined]
 
     previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
 
@@ -853,7 +854,8 @@ def run_on_reactor(prepared: Prepared, keep_running: bool) -> RunOutcome:
 
     try:
         reactor.callWhenRunning(go)
-        reactor.run(installSignalHandlers=False)
+        # IReactorCore.run() declares no arguments; every reactor's run() takes this one
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -941,7 +943,8 @@ def build_summary(prepared: Prepared, outcome: RunOutcome, wall_seconds: float) 
     """Check every file and put together the JSON summary."""
     layout = prepared.layout
     problems = list(outcome.problems)
-    certificates, openpgp_keys, revocations, crls = [], [], [], []
+    certificates, openpgp_keys, revocations = [], [], []
+    crls: list[dict[str, Any]] = []
     crl_serials: dict[int, list[int]] = {}
     for rootcert in (1, 2):
         ok, note, serials = check_crl(layout.crl(rootcert), layout.root_certificate(rootcert))

@@ -46,6 +46,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -210,7 +211,7 @@ class _SnapshotCollector:
 def render_metrics(samples: Iterable[Sample], accept: str | None = None) -> tuple[bytes, str]:
     """The exposition of ``samples`` (plus process metrics) and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(samples))  # type: ignore[arg-type]
+    registry.register(_SnapshotCollector(samples))
     ProcessCollector(registry=registry)
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
@@ -239,8 +240,10 @@ class _Page(Resource):
             request.finish()
 
         def failed(failure: Failure) -> None:
+            prepath = request.prepath
+            assert prepath is not None  # the Site sets it before rendering
             self.log.failure(
-                "health page /{page} failed", failure, page=b"/".join(request.prepath).decode(errors="replace")
+                "health page /{page} failed", failure, page=b"/".join(prepath).decode(errors="replace")
             )
             if gone:
                 return
@@ -352,7 +355,12 @@ class HealthService(Service):
         self.port = port
         address = port.getHost()
         host = getattr(address, "host", None)
-        where = f"{host}:{address.port}" if host is not None else str(getattr(address, "name", address))
+        if host is not None:
+            # the listening addresses with a host (TCP, SSL) are IPv4Address/IPv6Address
+            assert isinstance(address, (IPv4Address, IPv6Address))
+            where = f"{host}:{address.port}"
+        else:
+            where = str(getattr(address, "name", address))
         self.log.info("health pages on http://{address}/health and /metrics", address=where)
         if host not in (None, "127.0.0.1", "::1", "localhost"):
             self.log.warn("health pages are reachable from the network on {address}", address=where)

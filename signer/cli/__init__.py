@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.required = True
     for name in command_modules():
         module = importlib.import_module(f"{__name__}.{name}")
-        register: Callable[[argparse._SubParsersAction], None] | None = getattr(
+        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = getattr(
             module, "register", None
         )
         if register is not None:

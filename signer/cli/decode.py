@@ -374,7 +374,7 @@ def scan_capture(
 # -- the subcommand --------------------------------------------------------
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signer decode``."""
     parser = subcommands.add_parser(
         "decode",

@@ -8,7 +8,7 @@ from pathlib import Path
 from signer.cli.errors import EXIT_OK, CommandError
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signer import-openssl-ca``."""
     parser = subcommands.add_parser(
         "import-openssl-ca",

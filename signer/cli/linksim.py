@@ -45,7 +45,7 @@ examples:
   kill -USR1 $(pgrep -f 'signer linksim')   # pull the cable; again to plug it in"""
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signer linksim``."""
     parser = subcommands.add_parser(
         "linksim",
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # scheduled events are in the model already; announce them as they happen
     for schedule in faults.unplugs:
-        reactor.callLater(  # type: ignore[attr-defined]
+        reactor.callLater(
             schedule.start, print, f"linksim: cable unplugged for {schedule.duration:g} s (schedule)",
             flush=True,
         )
@@ -298,14 +298,14 @@ def run(args: argparse.Namespace) -> int:
         periodic.clock = clock
         periodic.start(args.report_every, now=False)
     if args.duration:
-        reactor.callLater(args.duration, reactor.stop)  # type: ignore[attr-defined]
+        reactor.callLater(args.duration, reactor.stop)
 
     print(f"A {pair_a.path}" + (f" (link {pair_a.link})" if pair_a.link else ""), flush=True)
     print(f"B {pair_b.path}" + (f" (link {pair_b.link})" if pair_b.link else ""), flush=True)
     print(f"linksim: {settings.describe()}, seed {faults.seed}", flush=True)
     print("READY", flush=True)
     try:
-        reactor.run()  # type: ignore[attr-defined]
+        reactor.run()
     finally:
         signal.signal(signal.SIGUSR1, previous_usr1)
         report()

@@ -28,7 +28,7 @@ from signer.cli.errors import EXIT_LINK_FAILURE, EXIT_OK, EXIT_USAGE, CommandErr
 DEFAULT_TIMEOUT = 5.0
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signer notify``."""
     from signer.client.wakeup import KINDS
 
@@ -101,7 +101,7 @@ def _resp(*parts: bytes) -> bytes:
 
 
 def _read_reply(stream: Any) -> bytes:
-    line = stream.readline()
+    line: bytes = stream.readline()
     if not line.endswith(b"\r\n"):
         raise BrokerError("Redis closed the connection")
     return line[:-2]

@@ -12,7 +12,7 @@ from signer.cli.errors import EXIT_OK
 from signer.protocol import codec
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``signer ping``."""
     parser = subcommands.add_parser(
         "ping",

@@ -88,7 +88,7 @@ def digest_id(text: str) -> int:
 # -- the subcommands -------------------------------------------------------
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sign-x509``, ``sign-openpgp`` and ``revoke``."""
     common_epilog = (
         "Exit codes: 0 answer written, 1 local error, 2 usage, 3 empty answer "

@@ -77,11 +77,11 @@ def load_certificate(data: bytes) -> CertificateFacts:
     )
 
 
-class _PublicKeyAndChallenge(core.Sequence):
+class _PublicKeyAndChallenge(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     _fields = [("spki", keys.PublicKeyInfo), ("challenge", core.IA5String)]
 
 
-class _SignedPublicKeyAndChallenge(core.Sequence):
+class _SignedPublicKeyAndChallenge(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     _fields = [
         ("public_key_and_challenge", _PublicKeyAndChallenge),
         ("signature_algorithm", algos.SignedDigestAlgorithm),

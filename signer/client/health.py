@@ -30,7 +30,7 @@ so in ``problems`` (``status`` ``"warning"``), the ``pending`` section is
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -96,6 +96,7 @@ class ClientHealth:
             if failure.check(TimeoutError):
                 message = f"no answer within {self._db_timeout:g} s"
             else:
+                assert failure.type is not None  # a Failure always has its exception type
                 message = failure.getErrorMessage() or failure.type.__name__
             self.log.warn("health page: WebDB pending counts unreadable: {error}", error=message)
             return _Counts(None, message)
@@ -162,7 +163,7 @@ class ClientHealth:
             "wakeup": wakeup,
         }
 
-    def metrics(self) -> "Deferred[list[Sample]]":
+    def metrics(self) -> "Deferred[Iterable[Sample]]":
         """The samples, with the pending counts read now."""
         return self._pending().addCallback(self._samples)
 

@@ -129,8 +129,17 @@ class PollingService(Service):
         if current is not None:
             self.log.info("Stopping: waiting up to {grace} s for the conversation in flight", grace=self.stop_grace)
             waiter: Deferred[Any] = Deferred()
-            current.addBoth(lambda result: (waiter.called or waiter.callback(None), result)[1])
-            timer = self.clock.callLater(self.stop_grace, lambda: waiter.called or waiter.callback("late"))
+
+            def fire(outcome: str | None) -> None:
+                if not waiter.called:
+                    waiter.callback(outcome)
+
+            def passed_on(result: Any) -> Any:
+                fire(None)
+                return result
+
+            current.addBoth(passed_on)
+            timer = self.clock.callLater(self.stop_grace, fire, "late")
             outcome = yield waiter
             if timer.active():
                 timer.cancel()

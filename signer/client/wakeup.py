@@ -43,10 +43,11 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from signer.client.wakeup_config import AmqpWakeupConfig, RedisWakeupConfig, WakeupConfig
 
@@ -328,6 +329,7 @@ class WakeupSource(Service):
             self.log.failure("Wake-up {source}: the wake callback failed", source=self.kind)
 
 
+@implementer(IStreamClientEndpoint)
 class _LoggingEndpoint:
     """Wraps an endpoint to record and log failed connection attempts."""
 
@@ -472,7 +474,7 @@ class AmqpWakeup(WakeupSource):
             def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802
                 protocol = Connection(owner.parameters(), custom_reactor=owner.reactor)
                 protocol.factory = self
-                return protocol  # type: ignore[no-any-return]
+                return protocol
 
         return ConnectionFactory()
 

@@ -303,8 +303,13 @@ class WakeupService(MultiService):
         if not self.trigger.busy():
             return
         waiter: Deferred[Any] = Deferred()
-        self.trigger.when_idle().addCallback(lambda _: waiter.called or waiter.callback("idle"))
-        timer = self.reactor.callLater(self.stop_grace, lambda: waiter.called or waiter.callback("late"))
+
+        def fire(outcome: str) -> None:
+            if not waiter.called:
+                waiter.callback(outcome)
+
+        self.trigger.when_idle().addCallback(lambda _: fire("idle"))
+        timer = self.reactor.callLater(self.stop_grace, fire, "late")
         outcome = yield waiter
         if timer.active():
             timer.cancel()

@@ -91,7 +91,7 @@ class SerialLineService(Service):
         port, self.port = self.port, None
         if port is None:
             return None
-        closed = self.protocol.close()
+        closed: Deferred[None] = self.protocol.close()
         timer = self.clock.callLater(self.close_timeout, self._drop, port)
 
         def done(result: None) -> None:

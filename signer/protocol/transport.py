@@ -80,7 +80,7 @@ class ResponseUndecodable(LinkError):
 class IRequestHandler(Interface):
     """Answers the requests a :class:`ServerLinkProtocol` receives."""
 
-    def handle(request: codec.Request) -> Deferred[codec.Response]:  # type: ignore[misc]
+    def handle(request: codec.Request) -> Deferred[codec.Response]:
         """Compute the response to ``request``.
 
         A failure (errback or exception) makes the server answer with an empty
@@ -229,7 +229,7 @@ class ClientLinkProtocol(_LinkAdapter):
         max_frame_length: int = codec.DEFAULT_MAX_FRAME_LENGTH,
     ) -> None:
         super().__init__(clock)
-        self._link = InitiatorLink(timeouts, max_frame_length)
+        self._link: InitiatorLink = InitiatorLink(timeouts, max_frame_length)
         self._queue: deque[_Pending] = deque()
         self._current: Optional[_Pending] = None
         self._lost: Optional[Failure] = None
@@ -344,7 +344,7 @@ class ServerLinkProtocol(_LinkAdapter):
     ) -> None:
         super().__init__(clock)
         self._handler = handler
-        self._link = ResponderLink(timeouts, max_frame_length)
+        self._link: ResponderLink = ResponderLink(timeouts, max_frame_length)
         self.requests_served = 0
         self._served_waiters: list[tuple[int, Deferred[None]]] = []
 
@@ -393,11 +393,11 @@ class ServerLinkProtocol(_LinkAdapter):
             self._answer(exchange, codec.empty_response_for_header(header))
             return
         started = self._clock.seconds()
+        # one chain; each step returns the same Deferred, retyped for its new result
         d = maybeDeferred(self._handler.handle, request)
-        d.addCallback(codec.encode_response)
-        d.addErrback(self._handler_failed, request)
-        d.addCallback(self._answered, exchange, request, started)
-        d.addErrback(
+        frame = d.addCallback(codec.encode_response).addErrback(self._handler_failed, request)
+        done = frame.addCallback(self._answered, exchange, request, started)
+        done.addErrback(
             lambda failure: self.log.failure(
                 "Could not answer exchange {exchange}", failure, exchange=exchange
             )

@@ -418,7 +418,7 @@ class CrlSigner:
             if isinstance(key, rsa.RSAPrivateKey):
                 return key.sign(digest.digest(), padding.PKCS1v15(), prehashed)
             return key.sign(digest.digest(), ec.ECDSA(prehashed))
-        return key.sign(b"".join(parts))  # type: ignore[union-attr]
+        return key.sign(b"".join(parts))
 
     def sign(
         self,

@@ -99,12 +99,14 @@ class Dispatcher:
 
         def refused(failure: Failure) -> codec.Response:
             if failure.check(RequestRefused):
+                error = failure.value
+                assert isinstance(error, RequestRefused)  # what check() just matched
                 self._count(request, "refused")
                 self.log.warn(
                     "{kind} request refused: {reason} ({ms:.1f} ms)",
                     kind=request.kind,
                     outcome="refused",
-                    reason=failure.value.reason,
+                    reason=error.reason,
                     ms=(self._clock.seconds() - started) * 1000,
                     bytes_on_wire=bytes_on_wire(request, 0),
                 )

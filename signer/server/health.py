@@ -199,7 +199,7 @@ class ServerHealth:
             "crl": crls,
         }
 
-    def metrics(self) -> "Deferred[list[Sample]]":
+    def metrics(self) -> "Deferred[Iterable[Sample]]":
         """The samples (after refreshing the CRL figures if they are stale)."""
         return self._refresh_crls().addCallback(lambda _: self._samples())
 

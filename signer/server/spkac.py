@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class PublicKeyAndChallenge(core.Sequence):
+class PublicKeyAndChallenge(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """The signed part of an SPKAC."""
 
     _fields = [
@@ -58,7 +58,7 @@ class PublicKeyAndChallenge(core.Sequence):
     ]
 
 
-class SignedPublicKeyAndChallenge(core.Sequence):
+class SignedPublicKeyAndChallenge(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """A Netscape SPKAC."""
 
     _fields = [

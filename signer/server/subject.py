@@ -159,7 +159,7 @@ def clean_san(raw: bytes) -> str:
     return _utf8(decoded, "subjectAltName")
 
 
-def _attribute(name: str, value: str) -> x509.NameAttribute:
+def _attribute(name: str, value: str) -> x509.NameAttribute[str]:
     oid = ATTRIBUTES.get(name.strip().lower())
     if oid is None:
         raise RequestRefused(f"unknown subject attribute {name!r}")

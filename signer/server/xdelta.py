@@ -63,7 +63,9 @@ class _Collector(ProcessProtocol):
         if reason.check(twisted_error.ProcessDone):
             code = 0
         elif reason.check(twisted_error.ProcessTerminated):
-            code = reason.value.exitCode  # None when killed by a signal
+            terminated = reason.value
+            assert isinstance(terminated, twisted_error.ProcessTerminated)  # what check() matched
+            code = terminated.exitCode  # None when killed by a signal
         else:  # pragma: no cover - Twisted only reports those two
             code = None
         self.done.callback((code, b"".join(self._err)))
