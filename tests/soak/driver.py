@@ -764,6 +764,8 @@ class Soak:
         # the client's crash state is clean after a graceful stop
         state = web / "state"
         leftovers = [p.name for p in state.rglob("*") if p.is_file()] if state.exists() else []
+        counts["stray temporary files"] += sum(1 for name in leftovers if name.endswith(".tmp"))
+        leftovers = [name for name in leftovers if not name.endswith(".tmp")]
         if leftovers:
             problems.append(f"client state left after the stop: {leftovers[:5]}")
         # the published CRLs verify and list every revoked serial of their root
@@ -785,6 +787,12 @@ class Soak:
                 if found:
                     problems.append(f"{name} log has {found} '{needle}'")
 
+        poison_labels = {f"{r.table} {r.id}" for r in rows if r.poison}
+        other_reasons: Counter[str] = Counter()
+        for match in re.finditer(r"\b([a-z]+) (\d+): ([^\n]*(?:warning count raised|counting a warning)[^\n]*)",
+                                 client_log):
+            if f"{match.group(1)} {match.group(2)}" not in poison_labels:
+                other_reasons[re.sub(r"\d+", "N", match.group(3))[:120]] += 1
         kills = Counter(victim for _, victim in self.kill_log)
         link = _linksim_counters(linksim_log)
         served = Counter(re.findall(r"(\S+) request served", server_log))
@@ -805,7 +813,7 @@ class Soak:
             "orphans (issued, never delivered)": orphans,
             "re-requested rows (>1 certificate issued)": counts["re-requested rows (>1 certificate issued)"],
             "certificates issued for given-up rows": counts["certificates issued for given-up rows"],
-            "certificate/key files (stray temporary files)":
+            "certificate/key files (stray .tmp files left by kills)":
                 f"{counts['certificate/key files']} ({counts['stray temporary files']})",
             "re-requests answered with the certificate already issued (server replay window)":
                 server_log.count("identical request repeated"),
@@ -814,11 +822,13 @@ class Soak:
             "crash-window warnings (client journal)":
                 client_log.count("its request was on the line when the client stopped"),
             "rows completed from an existing file": client_log.count("completing from the existing"),
+            "warnings on non-poison rows, by reason": dict(other_reasons),
             "server requests served": dict(served),
             "server requests refused": dict(refused),
             "mails expected / received": f"{expected_mails} / {total_mails}",
             "mails missing": counts["mails missing"],
             "mails duplicated": counts["mails duplicated"],
+            "mails sent from the outbox after a restart": client_log.count("left from before the restart"),
             "kills (server / client)": f"{kills['server']} / {kills['client']}",
             "daemon exits by themselves": kills["server-exit"] + kills["client-exit"],
             "line: bytes A->B / B->A": f"{link.get('a_to_b', {}).get('received', '?')} / "
