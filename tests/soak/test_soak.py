@@ -1,6 +1,6 @@
 """The soak: nothing lost, nothing doubled, through bit flips, stalls and kill -9 of both daemons.
 
-The short version runs in the normal suite (about 50 mixed requests over
+The short version runs in the normal suite (about 40 mixed requests over
 ``signer linksim`` at 921600 baud, bit flips, random stalls plus one scheduled
 stall, one kill -9 and restart of each daemon). The long version (1,000
 requests at 115200 baud, six kills of each daemon) runs only with
@@ -69,12 +69,12 @@ def check_guarantees(result: SoakResult, settings: SoakSettings, log: str) -> No
 
 
 def test_short_soak(tmp_path: Path) -> None:
-    """About 50 mixed requests (four X.509 tables with SANs, OpenPGP, revocations, poison rows)
+    """About 40 mixed requests (four X.509 tables with SANs, OpenPGP, revocations, poison rows)
     over linksim with bit flips and stalls, one kill -9 + restart of each daemon: every row is
     completed exactly once or given up with logged warnings, one certificate per completed row in
     the CA database, one file and one mail each, no traceback in any log."""
     settings = SoakSettings(
-        requests=50,
+        requests=40,
         seed=11,
         kills=1,
         flip_rate=1e-4,
@@ -83,7 +83,7 @@ def test_short_soak(tmp_path: Path) -> None:
         stall_at=("1.5:1.0",),
         baud=921600,
         revoke_share=0.12,
-        poison_share=0.08,
+        poison_share=0.1,
         gpg_keys=3,
         timeout=120.0,
         workdir=tmp_path / "soak",
@@ -93,7 +93,7 @@ def test_short_soak(tmp_path: Path) -> None:
     result = soak.run()
     print(out.getvalue() + result.render())
     check_guarantees(result, settings, out.getvalue())
-    assert result.counts["rows seeded"] == 50
+    assert result.counts["rows seeded"] == 40
     assert int(result.counts["poison rows"]) > 0
     assert _split(result.counts["revocations asked / done"])[0] > 0
     check_the_checker(soak)
