@@ -43,7 +43,6 @@ import argparse
 import email
 import email.policy
 import json
-import os
 import random
 import re
 import signal
@@ -57,7 +56,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Sequence
 
 from cryptography import x509
 
@@ -228,7 +227,7 @@ class SMTPThreadSink:
     def store(self, recipients: list[str], raw: bytes) -> None:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         part = message.get_body(("plain",)) if message.is_multipart() else message
-        body = part.get_content() if part is not None else ""  # type: ignore[union-attr]
+        body = part.get_content() if part is not None else ""
         with self._lock:
             for recipient in recipients:
                 self.mails.append(SinkMail(recipient, str(message["Subject"]), str(body)))
@@ -874,8 +873,8 @@ def _crl_problems(rows: list[RowSpec], webdb: sqlite3.Connection, web: Path, sig
         record = webdb.execute(f"SELECT rootcert, serial, revoked FROM {row.table} WHERE id = ?", (row.id,)).fetchone()
         if record["revoked"] in (ZERO, REVOKE_REQUESTED):
             continue
-        crl = crls.get(int(record["rootcert"]))
-        if crl is None or crl.get_revoked_certificate_by_serial_number(int(record["serial"], 16)) is None:
+        published = crls.get(int(record["rootcert"]))
+        if published is None or published.get_revoked_certificate_by_serial_number(int(record["serial"], 16)) is None:
             problems.append(f"{row.table} {row.id}: revoked but serial {record['serial']} not in the client's CRL")
     return problems
 

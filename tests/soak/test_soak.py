@@ -125,7 +125,8 @@ def check_the_checker(soak: Soak) -> None:
     assert any("mail" in p for p in soak.recheck().problems)
     soak.sink.mails.insert(0, mail)
 
-    with soak.client.log.open("a") as log:  # type: ignore[union-attr]
+    assert soak.client is not None
+    with soak.client.log.open("a") as log:
         log.write("Traceback (most recent call last):\n")
     assert "client log has 1 'Traceback'" in soak.recheck().problems
 
