@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from asn1crypto import algos, core, keys
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 DB_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -127,6 +128,19 @@ def matches_request(facts: CertificateFacts, request: bytes) -> bool:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return have == wanted
+
+
+def issued_by(facts: CertificateFacts, ca_certificate: x509.Certificate) -> bool:
+    """Whether ``ca_certificate`` signed the certificate (names and signature).
+
+    The protocol's XOR byte misses two flips of the same bit; a damaged
+    certificate that still parses fails this check.
+    """
+    try:
+        facts.certificate.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 # -- OpenPGP ---------------------------------------------------------------

@@ -9,7 +9,6 @@ database receives the same relative path behind a configurable prefix
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +58,14 @@ class FileLayout:
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
-    Temporary file in the same folder, ``fsync``, ``rename``, then ``fsync`` of
-    the folder so the rename itself survives a power cut.
+    Temporary file ``.NAME.tmp`` in the same folder, ``fsync``, ``rename``,
+    then ``fsync`` of the folder so the rename itself survives a power cut.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A fixed name (one writer per file): a temporary left by a kill -9 is
+    # reused by the next write of the same file instead of piling up.
+    temporary = str(path.parent / f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -90,13 +90,14 @@ from twisted.logger import Logger
 from signer.client.certs import (
     BadCertificate,
     CertificateFacts,
+    issued_by,
     load_certificate,
     matches_request,
     openpgp_certification_expiry,
     request_public_key_der,
 )
 from signer.client.config import ClientConfig, RootConfig
-from signer.client.crlinstall import CrlInstaller, CrlInstallError, CrlState
+from signer.client.crlinstall import CrlInstaller, CrlInstallError, CrlState, load_ca_certificate
 from signer.client.files import FileLayout, read_request, write_atomic
 from signer.client.mailer import BadAddress, Mail, MailRenderer
 from signer.client.outbox import Outbox
@@ -596,8 +597,36 @@ class Jobs:
             self.journal.end()
             yield self._warn(table, row.id, "the answer is a certificate for another key", report)
             return
+        wrong_issuer = yield self.run_blocking(self._issuer_problem, row.rootcert, facts)
+        if wrong_issuer:
+            self.journal.end()
+            yield self._warn(table, row.id, f"unusable answer: {wrong_issuer}", report)
+            return
         yield self.run_blocking(write_atomic, crt_path, facts.pem)
         yield self._complete_certificate(row, facts, report)
+
+    def _issuer_problem(self, rootcert: int, facts: CertificateFacts) -> str | None:
+        """Why the certificate was not signed by the row's root, or None (blocking).
+
+        A root without a configured CA certificate cannot be checked: that is
+        logged once and the certificate taken.
+        """
+        root = self.config.root(rootcert)
+        if root is None:
+            if self._once(("unchecked root", rootcert)):
+                self.log.warn(
+                    "rootcert {rootcert} has no [[roots]] entry: its certificates are stored "
+                    "without checking who signed them",
+                    rootcert=rootcert,
+                )
+            return None
+        try:
+            ca = load_ca_certificate(root.ca_certificate)
+        except CrlInstallError as error:
+            return str(error)
+        if not issued_by(facts, ca):
+            return f"the certificate is not signed by the CA certificate of rootcert {rootcert}"
+        return None
 
     @inlineCallbacks
     def _complete_certificate(
@@ -687,7 +716,7 @@ class Jobs:
         yield self._complete_revocation(row, facts, report)
 
     def _verified(self, root: RootConfig, state: CrlState) -> Deferred[bool]:
-        from signer.client.crlinstall import load_ca_certificate, verify_crl
+        from signer.client.crlinstall import verify_crl
 
         def check() -> bool:
             try:

@@ -53,6 +53,15 @@ def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> 
     assert os.listdir(target.parent) == ["file.crt"]
 
 
+def test_write_atomic_reuses_a_temporary_left_by_a_crash(tmp_path: Path) -> None:
+    """A half-written temporary from a killed process is overwritten, not piled up."""
+    target = tmp_path / "file.crt"
+    (tmp_path / ".file.crt.tmp").write_bytes(b"half-written garbage from a kill -9, longer")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["file.crt"]
+
+
 def test_write_atomic_failure_keeps_the_old_file(tmp_path: Path) -> None:
     """When the rename cannot happen the old content stays and the temp file is removed."""
     target = tmp_path / "file.crt"

@@ -460,3 +460,47 @@ def test_request_the_signer_never_answers_counts_a_warning(world: World) -> None
     report = yield jobs.run_round()
     assert not report.aborted and report.keepalive
     assert world.signer.of_kind(codec.SignX509Request) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_certificate_not_signed_by_the_root_is_not_stored(world: World) -> None:
+    """An answer for the right key but not signed by the row's root (a forged or
+    damaged certificate the XOR byte let through) is refused with a warning."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from twisted.internet.defer import succeed
+
+    from tests.support.testca import make_root
+
+    seed_member(world)
+    world.db.add_cert("emailcerts", 1, 10, "/CN=Alice")
+    world.write_csr("client", 1, make_csr("Alice", index=4))
+    other = make_root("Somebody Else's Root")
+
+    class Forger:
+        def request(self, message: codec.Request):  # type: ignore[no-untyped-def]
+            if not isinstance(message, codec.SignX509Request):
+                return world.signer.request(message)
+            csr = x509.load_pem_x509_csr(message.csr)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            certificate = (
+                x509.CertificateBuilder()
+                .subject_name(csr.subject)
+                .issuer_name(world.signer.roots[message.root].root.certificate.subject)
+                .public_key(csr.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .sign(other.key, hashes.SHA256())
+            )
+            return succeed(codec.SignX509Response(certificate.public_bytes(serialization.Encoding.PEM)))
+
+    report = yield world.jobs(requester=Forger()).run_round()
+    assert report.warned == [("emailcerts", 1)]
+    row = world.db.row("emailcerts", 1)
+    assert row["warning"] == 1 and row["crt_name"] == ""
+    assert not world.crt_path("client", 1).exists()
+    # The genuine signer's answer is taken.
+    report = yield world.jobs().run_round()
+    assert report.signed == [("emailcerts", 1)]
