@@ -316,6 +316,8 @@ class _Core:
     # frame, seconds covered by deadline timers that already fired, the
     # length of the one running now, its generation, whether it runs
     frame_bytes: int = 0
+    #: the last bytes of the incoming frame so far (up to the magic's length)
+    tail: bytes = b""
     deadline_spent: float = 0.0
     deadline_armed: float = 0.0
     deadline_generation: int = 0
@@ -357,6 +359,7 @@ class _Core:
         self.in_flight = False
         self.outgoing = b""
         self.buffer.clear()
+        self.tail = b""
 
     def send_frame(self) -> None:
         self.sends += 1
@@ -366,6 +369,7 @@ class _Core:
     def begin_receiving(self) -> None:
         self.write(ACK_BYTE)
         self.buffer.clear()
+        self.tail = b""
         self.naks = 0
         self.set_timer(self.timeouts.frame_byte)
         self.start_deadline()
@@ -474,15 +478,27 @@ def _scan(
         inputs.bytes_in(rest)
 
 
+def _ends_with_magic(core: _Core) -> bool:
+    """The incomplete frame so far ends with the trailer magic."""
+    return core.tail == codec.MAGIC and len(core.buffer) > 0
+
+
 def _receive(inputs: _Inputs, core: _Core, data: bytes) -> None:
     """Feed frame bytes; raise the input the buffer's verdict calls for."""
+    core.tail = (core.tail + data)[-len(codec.MAGIC) :]
     try:
         frame, excess = core.buffer.feed(data)
     except codec.OversizedFrame as exc:
         inputs.drop(LinkReset(f"peer sent an oversized frame: {exc}"), data)
         return
     if frame is None:
-        core.set_timer(core.timeouts.frame_byte)
+        # The legacy peers NAK a block that does not fit its length but ends
+        # with the magic (a length prefix damaged upwards); they resend on
+        # NAK, and die when neither ACK nor NAK comes within 5 s. So when the
+        # incomplete frame ends with the magic and the line then stays quiet
+        # for resync_quiet, the frame is taken as damaged (see frame_stalled).
+        quiet = _ends_with_magic(core)
+        core.set_timer(core.timeouts.resync_quiet if quiet else core.timeouts.frame_byte)
         return
     try:
         strings = codec.parse_frame(frame, core.max_frame_length)
@@ -564,11 +580,20 @@ def _register_common(
         core.drained = len(excess)
         core.set_timer(core.timeouts.resync_quiet)
 
-    @receiving.upon(_Inputs.timer_expired).to(idle)
+    @receiving.upon(_Inputs.timer_expired).loop()
     def frame_stalled(inputs: _Inputs, core: _Core) -> None:
         got = len(core.buffer)
+        if _ends_with_magic(core):
+            # the sender is done (quiet after the magic) but the length
+            # prefix wants more: damaged, NAK like the legacy receivers
+            inputs.frame_damaged(
+                f"the frame ended with its trailer after {got} byte(s) but its "
+                f"length prefix declares {core.buffer.expected}",
+                b"",
+            )
+            return
         core.stop_deadline()
-        core.fail(
+        inputs.too_late(
             LinkTimeout(
                 f"frame stalled: {got} byte(s) received, then "
                 f"{core.timeouts.frame_byte:g} s of silence"
@@ -653,6 +678,7 @@ def _register_common(
         )
         core.drained = 0
         core.buffer.clear()
+        core.tail = b""
         core.write(NAK_BYTE)
         core.set_timer(core.timeouts.frame_byte)
         core.start_deadline()
