@@ -668,10 +668,9 @@ def test_drops_and_stalls_fail_cleanly_and_recover(test_signer: Path, tmp_path: 
         "--stall-rate", "1", "--stall-ms", "150", "--seed", "8", "--json",
     )
     server = Server(test_signer, sim.a, tmp_path, config=short.name)
-    # The client retries less often than the server's frame silence timeout:
-    # a request frame that lost a byte leaves the server waiting for one more
-    # byte, and a START retried within that timeout would be taken as that
-    # byte and keep the server waiting.
+    # Short timeouts keep the test quick. (A request frame that lost a byte
+    # leaves the server waiting for one more; the frame deadline and the
+    # legacy trailer rule end that wait, so retry timing no longer matters.)
     client = ClientLinkProtocol(
         reactor, LinkTimeouts(start_ack=1.5, frame_ack=1.5, response_start=5.0, frame_byte=1.0)
     )
