@@ -44,7 +44,7 @@ from signer.cli.errors import EXIT_USAGE, CommandError
 COMMAND_ORDER: tuple[str, ...] = ("ping", "requests", "decode")
 
 #: Modules of this package that are helpers, not subcommands.
-_NOT_COMMANDS = frozenset({"errors", "connection", "__main__"})
+_NOT_COMMANDS = frozenset({"errors", "connection", "argtypes", "__main__"})
 
 PROG = "signer"
 

@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from signer.cli.errors import EXIT_LINK_FAILURE, EXIT_LOCAL_ERROR, EXIT_USAGE, CommandError
 from signer.protocol import codec
+from signer.cli import argtypes
+
+POSITIVE_FLOAT = argtypes.number(above=0)
+POSITIVE_INT = argtypes.integer(minimum=1, base=0)
+NON_NEGATIVE_INT = argtypes.integer(minimum=0, base=0)
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -37,36 +42,6 @@ T = TypeVar("T")
 
 DEFAULT_BAUD = 115200
 PARITIES = ("N", "E", "O", "M", "S")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +60,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     line.add_argument(
         "--baud",
-        type=_positive_int,
+        type=POSITIVE_INT,
         metavar="N",
         help=f"baud rate with --device (default {DEFAULT_BAUD})",
     )
@@ -121,39 +96,39 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         metavar="SECONDS",
         help="give up on a request after SECONDS in total (default: only the link "
         "layer's own timeouts apply, up to about 150 s with the legacy values)",
     )
     limits.add_argument(
         "--start-ack-timeout",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         metavar="SECONDS",
         help="wait this long for the ACK of our START (default 20, as the legacy client)",
     )
     limits.add_argument(
         "--frame-ack-timeout",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         metavar="SECONDS",
         help="wait this long for the ACK/NAK of our frame (default 5)",
     )
     limits.add_argument(
         "--response-timeout",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         metavar="SECONDS",
         help="wait this long for the signer's START once it has our request "
         "(default 120: signing can be slow)",
     )
     limits.add_argument(
         "--max-resends",
-        type=_non_negative_int,
+        type=NON_NEGATIVE_INT,
         metavar="N",
         help="resend a frame at most N times after NAK (default 5)",
     )
     limits.add_argument(
         "--max-frame-length",
-        type=_positive_int,
+        type=POSITIVE_INT,
         default=codec.DEFAULT_MAX_FRAME_LENGTH,
         metavar="BYTES",
         help="largest answer frame accepted (outer length, default "

@@ -26,6 +26,9 @@ from typing import Any, Iterator, Sequence
 
 from signer.cli.errors import EXIT_OK, CommandError
 from signer.protocol import codec
+from signer.cli import argtypes
+
+NON_NEGATIVE = argtypes.integer(minimum=0, base=0)
 
 ACTION_NAMES = {codec.ACTION_NUL: "NUL", codec.ACTION_SIGN: "sign", codec.ACTION_REVOKE: "revoke"}
 SYSTEM_NAMES = {codec.SYSTEM_NONE: "none", codec.SYSTEM_X509: "X.509", codec.SYSTEM_OPENPGP: "OpenPGP"}
@@ -411,14 +414,14 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--preview",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         default=DEFAULT_PREVIEW,
         metavar="N",
         help=f"show at most N bytes of each field (default {DEFAULT_PREVIEW})",
     )
     parser.add_argument(
         "--max-frame-length",
-        type=_non_negative,
+        type=NON_NEGATIVE,
         default=codec.DEFAULT_MAX_FRAME_LENGTH,
         metavar="BYTES",
         help="largest outer length taken for a frame "
@@ -428,16 +431,6 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--pretty", action="store_true", help="indent each JSON object over several lines"
     )
     parser.set_defaults(run=run)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
 
 
 def _read(path: str) -> bytes:

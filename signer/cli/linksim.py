@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import time
 from typing import Any
 
 from signer.cli.errors import EXIT_OK, CommandError
+from signer.cli import argtypes
+
+NON_NEGATIVE_INT = argtypes.integer(minimum=0)
+NON_NEGATIVE_FLOAT = argtypes.number(minimum=0)
+POSITIVE_FLOAT = argtypes.number(above=0)
+PROBABILITY = argtypes.number(0, 1)
 
 DESCRIPTION = """\
 Create two pseudo-terminals A and B and relay bytes between them like a serial
@@ -65,7 +70,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     line = parser.add_argument_group("line")
     line.add_argument(
-        "--baud", type=_non_negative_int, default=115200, metavar="BPS",
+        "--baud", type=NON_NEGATIVE_INT, default=115200, metavar="BPS",
         help="line speed in bits per second; 0 = unpaced (default 115200)",
     )
     line.add_argument(
@@ -80,16 +85,16 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--stopbits", type=float, choices=(1, 1.5, 2), default=1, help="stop bits (default 1)"
     )
     line.add_argument(
-        "--latency", type=_non_negative_float, default=0.0, metavar="MS",
+        "--latency", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="MS",
         help="one-way delay in milliseconds after a byte was transmitted (default 0)",
     )
     line.add_argument(
-        "--tick-ms", type=_positive_float, default=2.0, metavar="MS",
+        "--tick-ms", type=POSITIVE_FLOAT, default=2.0, metavar="MS",
         help="shortest interval between two releases of paced bytes; bytes due "
         "meanwhile are released together (default 2)",
     )
     line.add_argument(
-        "--early-us", type=_non_negative_float, default=500.0, metavar="US",
+        "--early-us", type=NON_NEGATIVE_FLOAT, default=500.0, metavar="US",
         help="release bytes up to this many microseconds before they have fully "
         "crossed, instead of up to a timer tick (about 1 ms) after; keeps lone "
         "control bytes near their true time (default 500; 0 = never early)",
@@ -99,19 +104,19 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--seed", type=int, default=0, help="seed of every random decision (default 0)"
     )
     faults.add_argument(
-        "--flip-rate", type=_probability, default=0.0, metavar="P",
+        "--flip-rate", type=PROBABILITY, default=0.0, metavar="P",
         help="probability per byte that one of its bits is flipped (e.g. 1e-4)",
     )
     faults.add_argument(
-        "--drop-rate", type=_probability, default=0.0, metavar="P",
+        "--drop-rate", type=PROBABILITY, default=0.0, metavar="P",
         help="probability per byte that it is lost",
     )
     faults.add_argument(
-        "--stall-rate", type=_non_negative_float, default=0.0, metavar="PER_SECOND",
+        "--stall-rate", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="PER_SECOND",
         help="random stalls per second of line time, per direction (default 0)",
     )
     faults.add_argument(
-        "--stall-ms", type=_positive_float, default=50.0, metavar="MS",
+        "--stall-ms", type=POSITIVE_FLOAT, default=50.0, metavar="MS",
         help="length of a random stall in milliseconds (default 50)",
     )
     faults.add_argument(
@@ -126,11 +131,11 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     run_group = parser.add_argument_group("running and reporting")
     run_group.add_argument(
-        "--duration", type=_positive_float, metavar="SECONDS",
+        "--duration", type=POSITIVE_FLOAT, metavar="SECONDS",
         help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)",
     )
     run_group.add_argument(
-        "--report-every", type=_positive_float, metavar="SECONDS",
+        "--report-every", type=POSITIVE_FLOAT, metavar="SECONDS",
         help="also print the counters every SECONDS",
     )
     run_group.add_argument(
@@ -140,47 +145,6 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "-v", "--verbose", action="store_true", help="Twisted log events on stderr (a device that could not be read, errors)"
     )
     parser.set_defaults(run=run)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
-    return value
 
 
 def _schedule(text: str) -> Any:

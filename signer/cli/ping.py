@@ -10,6 +10,10 @@ import time
 from signer.cli import connection
 from signer.cli.errors import EXIT_OK
 from signer.protocol import codec
+from signer.cli import argtypes
+
+COUNT = argtypes.integer(minimum=1)
+INTERVAL = argtypes.number(minimum=0)
 
 
 def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,39 +32,19 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     connection.add_connection_options(parser)
     parser.add_argument(
         "--count",
-        type=_count,
+        type=COUNT,
         default=1,
         metavar="N",
         help="number of round trips (default 1)",
     )
     parser.add_argument(
         "--interval",
-        type=_interval,
+        type=INTERVAL,
         default=0.0,
         metavar="SECONDS",
         help="pause between round trips (default 0)",
     )
     parser.set_defaults(run=run)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
 
 
 def nul_request(now: float) -> codec.NulRequest:

@@ -30,6 +30,10 @@ from signer.cli.errors import (
     CommandError,
 )
 from signer.protocol import codec
+from signer.cli import argtypes
+
+BYTE = argtypes.integer(0, 255, base=0)
+DAYS = argtypes.integer(0, 0xFFFF, base=0)
 
 PEM_CRL_MARKER = b"-----BEGIN X509 CRL-----"
 SPKAC_MARKER = b"SPKAC="
@@ -40,33 +44,13 @@ XDELTA_TIMEOUT = 120.0
 # -- argument types --------------------------------------------------------
 
 
-def _byte(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"must be 0..255: {value}")
-    return value
-
-
-def _days(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"must be 0..65535: {value}")
-    return value
-
-
 def profile_id(text: str) -> int:
     """A profile given by number (``5``) or name (``server``)."""
     names = {name: number for number, name in codec.PROFILES.items()}
     if text.lower() in names:
         return names[text.lower()]
     try:
-        return _byte(text)
+        return BYTE(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"unknown profile {text!r}; use a number or one of: {', '.join(names)}"
@@ -78,7 +62,7 @@ def digest_id(text: str) -> int:
     if text.lower() in codec.DIGEST_IDS:
         return codec.DIGEST_IDS[text.lower()]
     try:
-        return _byte(text)
+        return BYTE(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"unknown digest {text!r}; use one of: {', '.join(codec.DIGEST_IDS)}"
@@ -121,7 +105,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     x509.add_argument(
         "--root",
         required=True,
-        type=_byte,
+        type=BYTE,
         metavar="N",
         help="CA root index on the wire, 0-based (0 class 1, 1 class 3; the web "
         "database's rootcert minus 1)",
@@ -142,7 +126,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="message digest: " + ", ".join(codec.DIGEST_IDS) + " (default: the CA's default)",
     )
     x509.add_argument(
-        "--days", required=True, type=_days, metavar="N", help="requested validity in days"
+        "--days", required=True, type=DAYS, metavar="N", help="requested validity in days"
     )
     _add_out(x509, "certificate")
     connection.add_connection_options(x509)
@@ -159,10 +143,10 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     pgp.add_argument("--key", required=True, metavar="FILE", help="public key file")
     pgp.add_argument(
-        "--days", type=_days, default=366, metavar="N", help="validity in days (default 366)"
+        "--days", type=DAYS, default=366, metavar="N", help="validity in days (default 366)"
     )
     pgp.add_argument(
-        "--root", type=_byte, default=0, metavar="N", help="root index (default 0)"
+        "--root", type=BYTE, default=0, metavar="N", help="root index (default 0)"
     )
     _add_out(pgp, "signed key")
     connection.add_connection_options(pgp)
@@ -182,7 +166,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         epilog=common_epilog + " 5 --apply could not make a valid CRL of the answer.",
     )
     revoke.add_argument(
-        "--root", required=True, type=_byte, metavar="N", help="CA root index on the wire, 0-based"
+        "--root", required=True, type=BYTE, metavar="N", help="CA root index on the wire, 0-based"
     )
     revoke.add_argument(
         "--crl",
