@@ -50,24 +50,18 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def _make_root(common_name: str, key_size: int, now: datetime.datetime) -> tuple[bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Signer Test CA"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Throw-away, not for production"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    start = now.replace(microsecond=0) - datetime.timedelta(days=1)
-    certificate = (
+def self_signed_root(
+    key: rsa.RSAPrivateKey, name: x509.Name, not_before: datetime.datetime, validity: datetime.timedelta
+) -> x509.Certificate:
+    """A self-signed CA certificate (keyCertSign, cRLSign, SKI) for throw-away CAs."""
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + _ROOT_VALIDITY)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -86,6 +80,19 @@ def _make_root(common_name: str, key_size: int, now: datetime.datetime) -> tuple
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def _make_root(common_name: str, key_size: int, now: datetime.datetime) -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Signer Test CA"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Throw-away, not for production"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    start = now.replace(microsecond=0) - datetime.timedelta(days=1)
+    certificate = self_signed_root(key, name, start, _ROOT_VALIDITY)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
