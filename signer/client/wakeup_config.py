@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from signer.client.config import ConfigError, _Table
 
@@ -130,19 +130,25 @@ def _no_mix(table: _Table, url_key: str, keys: tuple[str, ...]) -> None:
                 raise table.error(key, f"give either {table.key(url_key)} or {table.key(key)}, not both")
 
 
+def _split_url(
+    table: _Table, key: str, url: str, scheme: str, note: str, host: str, port: int
+) -> tuple[SplitResult, str, int]:
+    """``url`` split, with its host and port (defaults where it has none)."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise table.error(key, f"must start with {scheme}://{note}, not {url!r}")
+    try:
+        return parts, parts.hostname or host, parts.port or port
+    except ValueError as exc:
+        raise table.error(key, f"bad address: {exc}") from None
+
+
 def _redis(table: _Table) -> RedisWakeupConfig:
     _no_mix(table, "redis_url", ("redis_host", "redis_port", "redis_db"))
     host, port, db, username, password = "127.0.0.1", 6379, 0, "", ""
     url = table.get("redis_url", str, "")
     if url:
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise table.error("redis_url", f"must start with redis://, not {url!r}")
-        try:
-            host = parts.hostname or host
-            port = parts.port or port
-        except ValueError as exc:
-            raise table.error("redis_url", f"bad address: {exc}") from None
+        parts, host, port = _split_url(table, "redis_url", url, "redis", "", host, port)
         path = parts.path.strip("/")
         if path:
             if not path.isdigit():
@@ -174,14 +180,9 @@ def _amqp(table: _Table) -> AmqpWakeupConfig:
     host, port, vhost, user, password = "127.0.0.1", 5672, "/", "guest", "guest"
     url = table.get("amqp_url", str, "")
     if url:
-        parts = urlsplit(url)
-        if parts.scheme != "amqp":
-            raise table.error("amqp_url", f"must start with amqp:// (amqps is not supported), not {url!r}")
-        try:
-            host = parts.hostname or host
-            port = parts.port or port
-        except ValueError as exc:
-            raise table.error("amqp_url", f"bad address: {exc}") from None
+        parts, host, port = _split_url(
+            table, "amqp_url", url, "amqp", " (amqps is not supported)", host, port
+        )
         # RabbitMQ's URI spec: the path is the url-encoded vhost, "%2F" is "/"
         if parts.path not in ("", "/"):
             vhost = unquote(parts.path[1:])
